@@ -1,0 +1,158 @@
+"""``optimal_transport_plan`` and ``distance``: the public entry points."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .geometry.diagram import Capacities, power_diagram
+from .geometry import neighbours
+from .measures._density import AbstractDensity
+from .measures.diracs import SumOfDiracs
+from .plan import TransportPlan
+from .solve.newton import SolveStats, Status, newton
+from .solve.start import initial_weights
+
+
+class NotConvergedError(RuntimeError):
+    """Raised when the solve does not reach ``tol``; ``.plan`` holds the partial result."""
+
+    def __init__(self, message: str, plan: TransportPlan):
+        super().__init__(message)
+        self.plan = plan
+
+
+def _split(a: Any, b: Any) -> tuple[SumOfDiracs, AbstractDensity]:
+    """Which argument is the discrete measure and which the density (any order)."""
+    if isinstance(a, AbstractDensity) and not isinstance(b, AbstractDensity):
+        a, b = b, a
+    if isinstance(a, AbstractDensity):
+        raise TypeError("both measures are densities: one must be discrete (SumOfDiracs or an array).")
+    if not isinstance(b, AbstractDensity):
+        raise TypeError(
+            "one measure must be a density (Box, Polytope, ConvexHull, ...); got "
+            f"{type(a).__name__} and {type(b).__name__}."
+        )
+    diracs = a if isinstance(a, SumOfDiracs) else SumOfDiracs(a)
+    return diracs, b.with_dim(diracs.dim)
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def _check_distinct(y: np.ndarray) -> None:
+    order = np.lexsort(y.T[::-1])
+    same = np.all(y[order[1:]] == y[order[:-1]], axis=1)
+    if np.any(same):
+        k = int(np.argmax(same))
+        i, j = sorted((int(order[k]), int(order[k + 1])))
+        raise ValueError(
+            f"Diracs {i} and {j} are at the same position {y[i].tolist()}: a power diagram cannot "
+            "separate them. Merge duplicate Diracs (add their masses) before solving."
+        )
+
+
+_newton_jit = eqx.filter_jit(newton)
+
+
+@eqx.filter_jit
+def _final_diagram(y, psi, density, capacities: Capacities):
+    grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
+    return power_diagram(y, psi, density, capacities, grid)
+
+
+def optimal_transport_plan(
+    source: Any,
+    target: Any,
+    *,
+    tol: float | None = None,
+    max_iter: int = 50,
+    weights: Any = None,
+    verbose: bool | Callable = False,
+    capacities: Capacities | None = None,
+    throw: bool = True,
+) -> TransportPlan:
+    r"""Solve semi-discrete optimal transport with the quadratic cost.
+
+    **Arguments:**
+
+    - `source`, `target`: one discrete measure (a `SumOfDiracs`, or an ``(n, d)`` array of
+      positions with equal masses) and one density (`Box`, `Polytope`, ...), in either order.
+      Both are normalised to total mass 1.
+    - `tol`: stop when $\max_i |m_i - a_i| / a_i \le$ `tol`; default 1e-10 in float64, 1e-5 in
+      float32.
+    - `max_iter`: maximum number of Newton steps.
+    - `weights`: initial weights $\psi$ (warm start), shape ``(n,)``.
+    - `verbose`: print one line per Newton step (or a callable used like ``jax.debug.print``).
+    - `capacities`: buffer sizes (`Capacities`); by default sized from the data and grown
+      automatically when a cell overflows or is not certified.  Under ``jax.jit`` no retry is
+      possible: an overflow raises an error that names the capacity to raise.
+    - `throw`: raise `NotConvergedError` when the solve does not converge (the default);
+      otherwise return the partial plan, whose ``stats.status`` says what happened.
+
+    **Returns:** a `TransportPlan`.
+    """
+    diracs, density = _split(source, target)
+    y = diracs.positions
+    n, d = y.shape
+    a = diracs.masses / jnp.sum(diracs.masses)
+    a = eqx.error_if(a, jnp.any(a <= 0), "`masses` must be positive (drop the Diracs of mass 0).") if _is_traced(a) else a
+    dtype = y.dtype
+    if tol is None:
+        tol = 1e-10 if dtype == jnp.float64 else 1e-5
+    traced = _is_traced((diracs, density))
+    if not traced:
+        if np.any(np.asarray(a) <= 0):
+            raise ValueError("`masses` must be positive: drop the Diracs of mass 0.")
+        _check_distinct(np.asarray(y))
+    psi = initial_weights(y, density) if weights is None else jnp.asarray(weights, dtype)
+    if psi.shape != (n,):
+        raise ValueError(f"`weights` must have shape ({n},), got {psi.shape}.")
+    if capacities is None:
+        capacities = Capacities.default(n, d, None if traced else np.asarray(y))
+    tol_arr = jnp.asarray(tol, dtype)
+
+    while True:
+        psi_out, stats = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
+        if traced or not bool(stats.status == Status.capacity):
+            break
+        # Outside jit: grow what failed and carry on from the last accepted weights.
+        grown = capacities.grown(
+            vertices=bool(stats.vertex_overflow), candidates=bool(stats.uncertified), n=n
+        )
+        if grown == capacities or grown.vertices > 4096:
+            raise RuntimeError(
+                f"power cells could not be computed within {capacities}: the input is degenerate "
+                "(e.g. nearly coincident Diracs)."
+            )
+        capacities = grown
+        psi = psi_out
+    diagram = _final_diagram(y, psi_out, density, capacities)
+    plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
+    if throw:
+        if traced:
+            plan = eqx.error_if(plan, stats.status == Status.capacity, Status.capacity.__doc__ or "")
+        elif not bool(stats.converged):
+            raise NotConvergedError(
+                f"{_message(stats.status)} (worst relative mass error {float(stats.error):.3e} after "
+                f"{int(stats.iterations)} steps; pass throw=False to get the partial plan)",
+                plan,
+            )
+    return plan
+
+
+def _message(status: Status) -> str:
+    return Status[status]
+
+
+def distance(source: Any, target: Any, squared: bool = False, **options) -> Float[Array, ""]:
+    r"""$W_2$ between a discrete measure and a density (either order), or $W_2^2$ with
+    ``squared=True``.  Options are those of `optimal_transport_plan`."""
+    plan = optimal_transport_plan(source, target, **options)
+    return plan.cost if squared else plan.distance

@@ -1,0 +1,199 @@
+r"""The power diagram restricted to a density's support: every cell clipped, certified and integrated.
+
+For seed i with candidates j (see :mod:`.neighbours`), and local coordinates $z = x - y_i$, the cell
+is the bounding box clipped by the density's half-spaces and by the bisectors
+
+$$ 2 \langle z, y_j - y_i \rangle \le |y_j - y_i|^2 + \psi_i - \psi_j . $$
+
+A cell is *certified* when no other seed can cut it: every vertex satisfies the bisector of every
+seed in its pool (an exact test, up to rounding), and every seed outside the pool is farther than
+$\rho_i \ge r_i + \sqrt{r_i^2 + \max_j \psi_j - \psi_i}$, with $r_i$ the cell's radius about
+$y_i$ (a seed at distance $\ge \rho_i$ has power distance above $r_i^2 - \psi_i$ on the whole
+cell).  Cells that fail are recomputed with an exhaustive search, and what still fails is reported
+in ``Diagram.certified`` -- never returned as if it were right.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from . import neighbours, polygon, polytope
+
+
+class Capacities(eqx.Module):
+    """Static sizes of the padded buffers.  Overflows are detected and reported, never truncated.
+
+    - `vertices`: vertex slots per cell.
+    - `candidates`: candidate neighbours per cell (k).
+    - `fallback`: cells per diagram that may be re-searched exhaustively when not certified.
+    - `grid`: ``(cells per axis, seeds per grid cell)`` for the grid search, or ``None`` for the
+      exhaustive search (small n).
+    """
+
+    vertices: int = eqx.field(static=True)
+    candidates: int = eqx.field(static=True)
+    fallback: int = eqx.field(static=True)
+    grid: tuple[int, int] | None = eqx.field(static=True)
+
+    @staticmethod
+    def default(n: int, d: int, y=None) -> "Capacities":
+        vertices = {1: 4, 2: 16, 3: 64}.get(d, 2 ** (d + 4))
+        candidates = min(n - 1, {1: 4, 2: 32, 3: 48}.get(d, 64)) if n > 1 else 1
+        grid = None
+        if n > 4096 and d <= 3:
+            per_cell = {1: 8.0, 2: 4.0, 3: 2.5}[d]
+            if y is not None:
+                grid = neighbours.grid_capacity(y, per_cell)
+            else:
+                g = max(1, math.ceil((n / per_cell) ** (1 / d)))
+                grid = (g, int(per_cell * 4 + 8))
+        fallback = min(n, max(64, n // 50))
+        return Capacities(vertices, max(candidates, 1), fallback, grid)
+
+    def grown(self, *, vertices: bool = False, candidates: bool = False, n: int = 0) -> "Capacities":
+        return Capacities(
+            self.vertices * 2 if vertices else self.vertices,
+            min(self.candidates * 2, max(n - 1, 1)) if candidates else self.candidates,
+            min(self.fallback * 2, n) if candidates else self.fallback,
+            self.grid,
+        )
+
+
+class Diagram(eqx.Module):
+    """Integrals over every cell (unnormalised density, moments about each seed)."""
+
+    mass: Float[Array, " n"]
+    first_moment: Float[Array, "n d"]  # int (x - y_i) rho
+    second_moment: Float[Array, "n d d"]  # int (x - y_i)(x - y_i)^T rho
+    facet_mass: Float[Array, "n k"]  # int_{facet with candidate k} rho dsigma
+    candidates: Int[Array, "n k"]  # padded with n
+    certified: Bool[Array, " n"]
+    overflow: Bool[Array, " n"]
+
+
+def _kernel(d: int):
+    return polygon if d == 2 else polytope
+
+
+def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
+    """The cell of one seed as a padded polygon/polytope, in coordinates relative to ``y_i``.
+
+    Plane ids: candidates ``0..k-1``, the density's half-spaces ``k..k+p-1``, then the box.
+    """
+    d = y_i.shape[0]
+    kernel = _kernel(d)
+    k = index.shape[0]
+    n = psi_pad.shape[0] - 1
+    lo, hi = density.bounding_box()
+    a_dom, b_dom = density.half_spaces()
+    p = a_dom.shape[0]
+    poly = (kernel.box_polygon if d == 2 else kernel.box_polytope)(lo - y_i, hi - y_i, capacity, k + p)
+
+    def step(poly, plane):
+        normal, offset, plane_id = plane
+        return kernel.clip(poly, normal, offset, plane_id), None
+
+    if p:
+        poly, _ = jax.lax.scan(step, poly, (a_dom, b_dom - a_dom @ y_i, k + jnp.arange(p)))
+    ok = index < n
+    delta = y_pad[index] - y_i
+    normals = jnp.where(ok[:, None], delta, 0.0)
+    offsets = jnp.where(ok, 0.5 * (jnp.sum(delta**2, -1) + psi_i - psi_pad[index]), 1.0)
+    poly, _ = jax.lax.scan(step, poly, (normals, offsets, jnp.arange(k)))
+    return poly
+
+
+def _violates(poly, kernel, i, y_i, psi_i, pool, y_pad, psi_pad):
+    """Whether a seed of ``pool`` (all seeds when None) cuts the cell: some vertex lies strictly
+    on its side of the bisector, beyond rounding."""
+    n = psi_pad.shape[0] - 1
+    verts = poly.vertices
+    live = kernel.live_mask(poly)
+    ys = y_pad[:n] if pool is None else y_pad[pool]
+    psis = psi_pad[:n] if pool is None else psi_pad[pool]
+    ids = jnp.arange(n) if pool is None else pool
+    delta = ys - y_i
+    norm2 = jnp.sum(delta**2, -1)
+    excess = 2 * verts @ delta.T - norm2 - psi_i + psis  # > 0: vertex closer (in power) to j
+    scale = norm2 + 2 * jnp.sqrt(norm2) * jnp.sqrt(jnp.max(jnp.sum(verts**2, -1))) + jnp.abs(psi_i) + jnp.abs(psis)
+    tol = 64 * jnp.finfo(verts.dtype).eps * scale
+    bad = live[:, None] & ((ids < n) & (ids != i))[None] & (excess > tol)
+    return jnp.any(bad)
+
+
+def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
+    """Clip, integrate and certify the cells of ``rows`` given their candidates."""
+    n, d = y.shape
+    k = cand.index.shape[1]
+    kernel = _kernel(d)
+    y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
+    psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
+    top = jnp.max(psi)
+    scale = jnp.max(jnp.abs(y))
+
+    def one(args):
+        i, idx, pool, reach = args
+        poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
+        mass, first, second, facets = kernel.integrate(poly, density, y[i], k)
+        r = jnp.sqrt(kernel.squared_radius(poly))
+        # reach was measured in float32: keep a margin for its rounding.
+        far = reach * (1 - 1e-5) - 1e-6 * scale >= r + jnp.sqrt(r**2 + top - psi[i])
+        near = ~_violates(poly, kernel, i, y[i], psi[i], pool, y_pad, psi_pad)
+        # Clipping only removes: a cell already empty stays empty whatever else would cut it.
+        certified = poly_empty(poly) | (far & near)
+        return mass, first, second, facets, certified, poly.overflow
+
+    batch = 4096 if d <= 2 else 256
+    pool = cand.pool if cand.pool is not None else jnp.zeros((rows.shape[0], 0), jnp.int32)
+    if cand.pool is None:
+        fn = lambda args: one((args[0], args[1], None, args[3]))
+    else:
+        fn = one
+    return jax.lax.map(fn, (rows, cand.index, pool, cand.reach), batch_size=min(batch, rows.shape[0]))
+
+
+def poly_empty(poly) -> Bool[Array, ""]:
+    if isinstance(poly, polygon.Polygon):
+        return poly.count == 0
+    return ~jnp.any(poly.valid)
+
+
+def power_diagram(
+    y: Float[Array, "n d"],
+    psi: Float[Array, " n"],
+    density,
+    capacities: Capacities,
+    grid: neighbours.Grid | None = None,
+) -> Diagram:
+    """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
+    required when ``capacities.grid`` is set."""
+    n, d = y.shape
+    k = capacities.candidates
+    if capacities.grid is None:
+        cand = neighbours.brute_force(y, psi, k)
+    else:
+        cand = neighbours.from_grid(y, psi, grid, k)
+    rows = jnp.arange(n)
+    mass, first, second, facets, certified, overflow = _cells(
+        rows, cand, y, psi, density, capacities.vertices
+    )
+    index = cand.index
+    if capacities.grid is not None:
+        # Re-search the uncertified cells exhaustively (at most `fallback` of them).
+        redo = jnp.nonzero(~certified, size=capacities.fallback, fill_value=n)[0]
+        redo_ok = redo < n
+        safe = jnp.where(redo_ok, redo, 0)
+        exact = neighbours.brute_force(y, psi, k, rows=safe)
+        res = _cells(safe, exact, y, psi, density, capacities.vertices)
+        target = jnp.where(redo_ok, redo, n)
+        mass, first, second, facets, certified, overflow = (
+            old.at[target].set(new, mode="drop")
+            for old, new in zip((mass, first, second, facets, certified, overflow), res)
+        )
+        index = index.at[target].set(exact.index, mode="drop")
+    return Diagram(mass, first, second, facets, index, certified, overflow)

@@ -1,0 +1,104 @@
+r"""Convex polygons as fixed-size padded arrays, clipped by half-planes (the 2D cell kernel).
+
+A polygon holds ``V`` vertex slots in counter-clockwise order, of which the first ``count`` are
+live; ``planes[k]`` is the id of the half-plane whose boundary carries the edge from vertex k to
+vertex k+1.  Clipping keeps the contiguous run of vertices inside $\{a \cdot x \le b\}$, rotated to
+the front, and appends the exit and entry points: a gather, no scatter.  A clip that would need
+more than ``V`` slots sets ``overflow`` instead of truncating silently.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+
+class Polygon(NamedTuple):
+    vertices: Float[Array, "V 2"]
+    planes: Int[Array, " V"]
+    count: Int[Array, ""]
+    overflow: Bool[Array, ""]
+
+
+def box_polygon(lo: Float[Array, " 2"], hi: Float[Array, " 2"], capacity: int, first_id: int) -> Polygon:
+    """The box ``[lo, hi]`` as a polygon; its four edges get ids ``first_id .. first_id + 3``."""
+    corners = jnp.stack([lo, jnp.stack([hi[0], lo[1]]), hi, jnp.stack([lo[0], hi[1]])])
+    vertices = jnp.zeros((capacity, 2), lo.dtype).at[:4].set(corners)
+    # Edge k -> k+1: bottom (y >= lo_y), right (x <= hi_x), top (y <= hi_y), left (x >= lo_x).
+    ids = jnp.array([2, 1, 3, 0], jnp.int32) + first_id
+    planes = jnp.full((capacity,), -1, jnp.int32).at[:4].set(ids)
+    return Polygon(vertices, planes, jnp.array(4, jnp.int32), jnp.array(False))
+
+
+def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], plane_id) -> Polygon:
+    """Intersect with the half-plane ``normal . x <= offset``."""
+    vertices, planes, count, overflow = poly
+    capacity = vertices.shape[0]
+    idx = jnp.arange(capacity)
+    live = idx < count
+    s = vertices @ normal - offset
+    out = live & (s > 0)
+    n_in = count - jnp.sum(out)
+    cuts = (n_in < count) & (n_in > 0)
+
+    safe_count = jnp.maximum(count, 1)
+    start = jnp.argmax(live & ~out & out[(idx - 1) % safe_count])
+    order = (start + idx) % safe_count
+    rv, rp, rs = vertices[order], planes[order], s[order]
+
+    def crossing(k_in, k_out):
+        # The point where the edge from rv[k_in] (inside) to rv[k_out] (outside) meets the line.
+        s_in, s_out = rs[k_in], rs[k_out]
+        t = s_in / jnp.where(cuts, s_in - s_out, -1.0)
+        return rv[k_in] + t * (rv[k_out] - rv[k_in])
+
+    exit_point = crossing(n_in - 1, n_in)
+    entry_point = crossing(0, count - 1)
+    clipped_vertices = jnp.where((idx < n_in)[:, None], rv, 0.0)
+    clipped_vertices = clipped_vertices.at[n_in].set(exit_point, mode="drop")
+    clipped_vertices = clipped_vertices.at[n_in + 1].set(entry_point, mode="drop")
+    clipped_planes = jnp.where(idx < n_in, rp, -1)
+    clipped_planes = clipped_planes.at[n_in].set(plane_id, mode="drop")
+    clipped_planes = clipped_planes.at[n_in + 1].set(rp[count - 1], mode="drop")
+
+    new_vertices = jnp.where(cuts, clipped_vertices, vertices)
+    new_planes = jnp.where(cuts, clipped_planes, planes)
+    new_count = jnp.where(cuts, n_in + 2, jnp.where(n_in == 0, 0, count))
+    new_overflow = overflow | (cuts & (n_in + 2 > capacity))
+    return Polygon(new_vertices, new_planes, new_count.astype(jnp.int32), new_overflow)
+
+
+def integrate(poly: Polygon, density, origin: Float[Array, " 2"], num_facets: int):
+    """Moments of ``density`` over the polygon (a fan of triangles from the vertex mean) and the
+    density's line integral over each edge, summed per plane id ``0 .. num_facets - 1``.
+
+    The polygon's vertices are relative to ``origin``; so are the returned moments.
+    """
+    vertices, planes, count, _ = poly
+    capacity = vertices.shape[0]
+    idx = jnp.arange(capacity)
+    live = idx < count
+    centre = jnp.sum(jnp.where(live[:, None], vertices, 0.0), 0) / jnp.maximum(count, 1)
+    following = vertices[(idx + 1) % jnp.maximum(count, 1)]
+    triangles = jnp.stack([jnp.broadcast_to(centre, vertices.shape), vertices, following], axis=1)
+    m0, m1, m2 = jax.vmap(density.simplex_moments, (None, 0))(origin, triangles)
+    mass = jnp.sum(jnp.where(live, m0, 0.0))
+    first = jnp.sum(jnp.where(live[:, None], m1, 0.0), 0)
+    second = jnp.sum(jnp.where(live[:, None, None], m2, 0.0), 0)
+    edges = jnp.stack([vertices, following], axis=1)
+    edge_mass = jnp.where(live, jax.vmap(density.facet_mass, (None, 0))(origin, edges), 0.0)
+    facets = jax.ops.segment_sum(edge_mass, jnp.where(live, planes, -1), num_facets)
+    return mass, first, second, facets
+
+
+def squared_radius(poly: Polygon) -> Float[Array, ""]:
+    """Largest squared distance from the origin (the seed) to a vertex."""
+    live = jnp.arange(poly.vertices.shape[0]) < poly.count
+    return jnp.max(jnp.where(live, jnp.sum(poly.vertices**2, -1), 0.0))
+
+
+def live_mask(poly: Polygon) -> Bool[Array, " V"]:
+    return jnp.arange(poly.vertices.shape[0]) < poly.count

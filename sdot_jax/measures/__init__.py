@@ -1,0 +1,3 @@
+from ._density import AbstractDensity as AbstractDensity
+from .box import Box as Box
+from .diracs import SumOfDiracs as SumOfDiracs
