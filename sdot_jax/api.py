@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import equinox as eqx
@@ -15,7 +16,9 @@ from .geometry import neighbours
 from .measures._density import AbstractDensity
 from .measures.diracs import SumOfDiracs
 from .plan import TransportPlan
-from .solve.newton import SolveStats, Status, newton
+from .solve import continuation as _continuation
+from .solve.implicit import optimal_weights
+from .solve.newton import Status
 from .solve.start import initial_weights
 
 
@@ -58,7 +61,7 @@ def _check_distinct(y: np.ndarray) -> None:
         )
 
 
-_newton_jit = eqx.filter_jit(newton)
+_solve_jit = eqx.filter_jit(optimal_weights)
 
 
 @eqx.filter_jit
@@ -77,6 +80,7 @@ def optimal_transport_plan(
     verbose: bool | Callable = False,
     capacities: Capacities | None = None,
     throw: bool = True,
+    continuation: bool | None = None,
 ) -> TransportPlan:
     r"""Solve semi-discrete optimal transport with the quadratic cost.
 
@@ -95,10 +99,20 @@ def optimal_transport_plan(
       possible: an overflow raises an error that names the capacity to raise.
     - `throw`: raise `NotConvergedError` when the solve does not converge (the default);
       otherwise return the partial plan, whose ``stats.status`` says what happened.
+    - `continuation`: solve against smoothed copies of the target first, then sharpen (reliable
+      on targets with zero-density regions or high contrast).  ``None`` decides from the target.
 
     **Returns:** a `TransportPlan`.
     """
     diracs, density = _split(source, target)
+    if continuation is None:
+        continuation = _continuation.wanted(density)
+    if continuation:
+        options = dict(tol=tol, max_iter=max_iter, weights=weights, verbose=verbose,
+                       capacities=capacities, throw=throw)
+        return _continuation.solve_with_continuation(
+            functools.partial(optimal_transport_plan, continuation=False), diracs, density, **options
+        )
     y = diracs.positions
     n, d = y.shape
     a = diracs.masses / jnp.sum(diracs.masses)
@@ -119,7 +133,7 @@ def optimal_transport_plan(
     tol_arr = jnp.asarray(tol, dtype)
 
     while True:
-        psi_out, stats = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
+        psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
         if traced or not bool(stats.status == Status.capacity):
             break
         # Outside jit: grow what failed and carry on from the last accepted weights.

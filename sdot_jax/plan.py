@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .geometry import neighbours
 from .geometry.diagram import Capacities, Diagram, clip_cell, power_diagram
+from .geometry.kernels import kernel_for
 from .measures._density import AbstractDensity
 from .measures.diracs import SumOfDiracs
 from .solve.newton import SolveStats
@@ -158,7 +159,7 @@ def cell_geometry(y, psi, density, capacities: Capacities) -> Cells:
         poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacities.vertices)
         cell_of_plane = jnp.concatenate([jnp.where(idx < n, idx, -1), jnp.array([-1])])
         nbrs = cell_of_plane[jnp.where((poly.planes >= 0) & (poly.planes < k), poly.planes, k)]
-        valid = jnp.arange(capacities.vertices) < poly.count if d == 2 else poly.valid
+        valid = kernel_for(d).live_mask(poly)
         return poly.vertices + y[i], valid, nbrs
 
     vertices, valid, nbrs = jax.lax.map(one, (jnp.arange(n), index), batch_size=min(n, 1024))

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from . import neighbours, polygon, polytope
+from . import neighbours
+from .kernels import kernel_for
 
 
 class Capacities(eqx.Module):
@@ -76,23 +77,19 @@ class Diagram(eqx.Module):
     overflow: Bool[Array, " n"]
 
 
-def _kernel(d: int):
-    return polygon if d == 2 else polytope
-
-
 def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
     """The cell of one seed as a padded polygon/polytope, in coordinates relative to ``y_i``.
 
     Plane ids: candidates ``0..k-1``, the density's half-spaces ``k..k+p-1``, then the box.
     """
     d = y_i.shape[0]
-    kernel = _kernel(d)
+    kernel = kernel_for(d)
     k = index.shape[0]
     n = psi_pad.shape[0] - 1
     lo, hi = density.bounding_box()
     a_dom, b_dom = density.half_spaces()
     p = a_dom.shape[0]
-    poly = (kernel.box_polygon if d == 2 else kernel.box_polytope)(lo - y_i, hi - y_i, capacity, k + p)
+    poly = kernel.box(lo - y_i, hi - y_i, capacity, k + p)
 
     def step(poly, plane):
         normal, offset, plane_id = plane
@@ -130,7 +127,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
     """Clip, integrate and certify the cells of ``rows`` given their candidates."""
     n, d = y.shape
     k = cand.index.shape[1]
-    kernel = _kernel(d)
+    kernel = kernel_for(d)
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
     top = jnp.max(psi)
@@ -145,7 +142,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
         far = reach * (1 - 1e-5) - 1e-6 * scale >= r + jnp.sqrt(r**2 + top - psi[i])
         near = ~_violates(poly, kernel, i, y[i], psi[i], pool, y_pad, psi_pad)
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
-        certified = poly_empty(poly) | (far & near)
+        certified = kernel.is_empty(poly) | (far & near)
         return mass, first, second, facets, certified, poly.overflow
 
     batch = 4096 if d <= 2 else 256
@@ -155,12 +152,6 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
     else:
         fn = one
     return jax.lax.map(fn, (rows, cand.index, pool, cand.reach), batch_size=min(batch, rows.shape[0]))
-
-
-def poly_empty(poly) -> Bool[Array, ""]:
-    if isinstance(poly, polygon.Polygon):
-        return poly.count == 0
-    return ~jnp.any(poly.valid)
 
 
 def power_diagram(

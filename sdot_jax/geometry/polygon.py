@@ -23,7 +23,7 @@ class Polygon(NamedTuple):
     overflow: Bool[Array, ""]
 
 
-def box_polygon(lo: Float[Array, " 2"], hi: Float[Array, " 2"], capacity: int, first_id: int) -> Polygon:
+def box(lo: Float[Array, " 2"], hi: Float[Array, " 2"], capacity: int, first_id: int) -> Polygon:
     """The box ``[lo, hi]`` as a polygon; its four edges get ids ``first_id .. first_id + 3``."""
     corners = jnp.stack([lo, jnp.stack([hi[0], lo[1]]), hi, jnp.stack([lo[0], hi[1]])])
     vertices = jnp.zeros((capacity, 2), lo.dtype).at[:4].set(corners)
@@ -102,3 +102,7 @@ def squared_radius(poly: Polygon) -> Float[Array, ""]:
 
 def live_mask(poly: Polygon) -> Bool[Array, " V"]:
     return jnp.arange(poly.vertices.shape[0]) < poly.count
+
+
+def is_empty(poly: Polygon) -> Bool[Array, ""]:
+    return poly.count == 0

@@ -30,7 +30,7 @@ class Polytope(NamedTuple):
     overflow: Bool[Array, ""]
 
 
-def box_polytope(lo: Float[Array, " d"], hi: Float[Array, " d"], capacity: int, first_id: int) -> Polytope:
+def box(lo: Float[Array, " d"], hi: Float[Array, " d"], capacity: int, first_id: int) -> Polytope:
     """The box ``[lo, hi]``; the faces ``x_k >= lo_k`` and ``x_k <= hi_k`` get ids
     ``first_id + 2k`` and ``first_id + 2k + 1``."""
     d = lo.shape[0]
@@ -152,3 +152,7 @@ def squared_radius(poly: Polytope) -> Float[Array, ""]:
 
 def live_mask(poly: Polytope) -> Bool[Array, " V"]:
     return poly.valid
+
+
+def is_empty(poly: Polytope) -> Bool[Array, ""]:
+    return ~jnp.any(poly.valid)
