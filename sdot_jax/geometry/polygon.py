@@ -61,7 +61,7 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
     clipped_vertices = clipped_vertices.at[n_in].set(exit_point, mode="drop")
     clipped_vertices = clipped_vertices.at[n_in + 1].set(entry_point, mode="drop")
     clipped_planes = jnp.where(idx < n_in, rp, -1)
-    clipped_planes = clipped_planes.at[n_in].set(plane_id, mode="drop")
+    clipped_planes = clipped_planes.at[n_in].set(jnp.asarray(plane_id, planes.dtype), mode="drop")
     clipped_planes = clipped_planes.at[n_in + 1].set(rp[count - 1], mode="drop")
 
     new_vertices = jnp.where(cuts, clipped_vertices, vertices)
