@@ -63,6 +63,10 @@ def _check_distinct(y: np.ndarray) -> None:
 
 _solve_jit = eqx.filter_jit(optimal_weights)
 
+# Capacities that had to grow, remembered per problem size so that the next solve of the same
+# size starts with them (and reuses the compiled code) instead of overflowing again.
+_grown_capacities: dict[tuple, Capacities] = {}
+
 
 @eqx.filter_jit
 def _final_diagram(y, psi, density, capacities: Capacities):
@@ -128,8 +132,11 @@ def optimal_transport_plan(
     psi = initial_weights(y, density) if weights is None else jnp.asarray(weights, dtype)
     if psi.shape != (n,):
         raise ValueError(f"`weights` must have shape ({n},), got {psi.shape}.")
+    memory_key = (n, d, type(density).__name__, str(dtype))
     if capacities is None:
-        capacities = Capacities.default(n, d, None if traced else np.asarray(y))
+        capacities = _grown_capacities.get(memory_key) or Capacities.default(
+            n, d, None if traced else np.asarray(y)
+        )
     tol_arr = jnp.asarray(tol, dtype)
 
     while True:
@@ -145,7 +152,7 @@ def optimal_transport_plan(
                 f"power cells could not be computed within {capacities}: the input is degenerate "
                 "(e.g. nearly coincident Diracs)."
             )
-        capacities = grown
+        capacities = _grown_capacities[memory_key] = grown
         psi = psi_out
     diagram = _final_diagram(y, psi_out, density, capacities)
     plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
