@@ -3,11 +3,20 @@
 A kernel module provides ``box(lo, hi, capacity, first_id)``, ``clip(poly, normal, offset, id)``,
 ``integrate(poly, density, origin, num_facets)``, ``squared_radius``, ``live_mask`` and
 ``is_empty``, on a padded polytope whose ``vertices`` are relative to the seed, whose ``planes``
-record plane ids and whose ``overflow`` flags a capacity overflow.
+record plane ids (``(V, d)`` per-vertex ids in 3D and above) and whose ``overflow`` flags a
+capacity overflow.
+
+- 2D: :mod:`.polygon` (ordered polygon).
+- 3D: :mod:`.polyhedron` (simple polyhedron with an explicit, oriented neighbour table).
+- d >= 4: :mod:`.polytope` (simple polytope, adjacency from shared plane ids).
 """
 
-from . import polygon, polytope
+from . import polygon, polyhedron, polytope
 
 
 def kernel_for(d: int):
-    return polygon if d == 2 else polytope
+    if d == 2:
+        return polygon
+    if d == 3:
+        return polyhedron
+    return polytope

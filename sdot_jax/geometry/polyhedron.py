@@ -1,0 +1,198 @@
+r"""Convex polyhedra (3D cells) as padded vertex sets with an explicit neighbour table.
+
+The polyhedron is kept *simple*: every vertex lies on exactly three clipping planes, whose ids it
+records in ``planes[v]``, and has exactly three edges: ``neighbours[v, k]`` is the vertex at the
+other end of the edge that leaves plane ``planes[v, k]`` (the edge lies on the two other planes
+of v).  The three planes of every vertex are stored in the same orientation (their outward
+normals form a right-handed frame), which gives every facet a consistent cyclic order: walking
+facet ``planes[v, k]`` from v goes to ``neighbours[v, (k + 1) % 3]``.
+
+Clipping by a half-space marks the vertices strictly outside, and puts a new vertex on every edge
+from an outside vertex w to a kept vertex u.  The new vertex inherits w's planes and orientation,
+with the plane the edge leaves replaced by the new one; its neighbour across the new plane is u,
+and its two other neighbours are the new vertices found by walking the two facets of the edge
+from w through the outside vertices (a walk, not a geometric search: the table stays a
+consistent simple polyhedron whatever the rounding).  New vertices take the slots freed by the
+removed ones; a clip that needs more than ``V`` slots sets ``overflow`` instead of truncating.
+Degenerate positions (a plane through a vertex) give coincident vertices and zero-length edges:
+a limit of simple polyhedra, so every integral stays exact.
+
+Integrals: for every facet edge (a, b), the tetrahedron (cell centre, facet centre, a, b), the
+centres being vertex means; each facet edge is visited once per facet through the orientation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+
+class Polyhedron(NamedTuple):
+    vertices: Float[Array, "V 3"]
+    planes: Int[Array, "V 3"]
+    neighbours: Int[Array, "V 3"]
+    valid: Bool[Array, " V"]
+    overflow: Bool[Array, ""]
+
+
+def _box_tables():
+    """Plane ids (as axis*2 + bit), neighbours and orientation of the 8 corners of a box."""
+    planes, nbrs = [], []
+    for c in range(8):
+        bits = [(c >> i) & 1 for i in range(3)]
+        axes = [0, 1, 2]
+        # Outward normal of face (axis i, bit b) is (2b - 1) e_i; keep det(normals) > 0.
+        if (2 * bits[0] - 1) * (2 * bits[1] - 1) * (2 * bits[2] - 1) < 0:
+            axes = [0, 2, 1]
+        planes.append([2 * a + bits[a] for a in axes])
+        nbrs.append([c ^ (1 << a) for a in axes])
+    return np.array(planes, np.int32), np.array(nbrs, np.int32)
+
+
+_BOX_PLANES, _BOX_NBRS = _box_tables()
+
+
+def box(lo: Float[Array, " 3"], hi: Float[Array, " 3"], capacity: int, first_id: int) -> Polyhedron:
+    """The box ``[lo, hi]``; the faces ``x_k >= lo_k`` and ``x_k <= hi_k`` get ids
+    ``first_id + 2k`` and ``first_id + 2k + 1``."""
+    if lo.shape != (3,):
+        raise ValueError(f"the polyhedron kernel is 3D only, got a box of dimension {lo.shape}.")
+    if capacity < 8:
+        raise ValueError(f"vertex capacity {capacity} is below the 8 corners of a 3D box.")
+    bits = np.array([[(k >> i) & 1 for i in range(3)] for k in range(8)], bool)
+    corners = jnp.where(bits, hi, lo)
+    vertices = jnp.zeros((capacity, 3), lo.dtype).at[:8].set(corners)
+    planes = jnp.full((capacity, 3), -1, jnp.int32).at[:8].set(first_id + _BOX_PLANES)
+    nbrs = jnp.zeros((capacity, 3), jnp.int32).at[:8].set(_BOX_NBRS)
+    valid = jnp.arange(capacity) < 8
+    return Polyhedron(vertices, planes, nbrs, valid, jnp.array(False))
+
+
+def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array, "..."]:
+    """Position of ``value`` in the 3-vector ``table`` (0 when absent)."""
+    return jnp.argmax(table == value[..., None], axis=-1).astype(jnp.int32)
+
+
+def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""], plane_id) -> Polyhedron:
+    """Intersect with the half-space ``normal . x <= offset``."""
+    x, planes, nbrs, valid, overflow = poly
+    capacity = x.shape[0]
+    slots = jnp.arange(capacity, dtype=jnp.int32)
+    s = x @ normal - offset
+    out = valid & (s > 0)
+    keep = valid & ~out
+
+    # Crossing edges (w outside, leaving its k-th plane, to the kept vertex u = nbrs[w, k]).
+    cross = out[:, None] & keep[nbrs]  # (w, k)
+    # New vertices take the free slots (empty or just removed), in order.
+    free = ~keep
+    free_rank = jnp.cumsum(free, dtype=jnp.int32) - 1
+    slot_of_rank = jnp.full((capacity,), capacity, jnp.int32).at[jnp.where(free, free_rank, capacity)].set(
+        slots, mode="drop"
+    )
+    flat = cross.reshape(-1)
+    rank = jnp.cumsum(flat, dtype=jnp.int32) - 1
+    new_slot = jnp.where(flat, slot_of_rank[jnp.clip(rank, 0, capacity - 1)], capacity)
+    new_slot = jnp.where(rank < capacity, new_slot, capacity).reshape(capacity, 3)
+    needed = rank[-1] + 1
+    overflow = overflow | (needed > jnp.sum(free))
+
+    # Positions, from the kept end.
+    u = nbrs
+    s_u = s[u]
+    t = s_u / jnp.where(cross, s_u - s[:, None], -1.0)
+    x_u = x[u]
+    new_x = x_u + t[..., None] * (x[:, None, :] - x_u)  # (w, k, 3)
+    eye = np.eye(3, dtype=bool)
+    new_planes = jnp.where(eye[None], jnp.asarray(plane_id, jnp.int32), planes[:, None, :])  # (w, k, 3)
+
+    # Neighbours of the new vertex (w, k) across its j-th plane, j != k: the next crossing on
+    # facet r = planes[w, 3 - j - k], walking from w away from u through outside vertices.
+    j_of = np.array([[(k + 1) % 3, (k + 2) % 3] for k in range(3)], np.int32)  # (k, 2)
+    r_of = np.array([[(k + 2) % 3, (k + 1) % 3] for k in range(3)], np.int32)
+    facet = planes[:, r_of]  # (w, k, 2)
+    prev = jnp.broadcast_to(slots[:, None, None], facet.shape)
+    cur = nbrs[:, j_of]  # (w, k, 2)
+    active = cross[:, :, None]
+
+    def walking(state):
+        prev, cur, steps = state
+        return jnp.any(active & out[cur]) & (steps < capacity)
+
+    def step(state):
+        prev, cur, steps = state
+        go = active & out[cur]
+        came = _index_of(nbrs[cur], prev)
+        along = _index_of(planes[cur], facet)
+        nxt = jnp.take_along_axis(nbrs[cur], (3 - came - along)[..., None], -1)[..., 0]
+        return jnp.where(go, cur, prev), jnp.where(go, nxt, cur), steps + 1
+
+    prev, cur, _ = jax.lax.while_loop(walking, step, (prev, cur, jnp.int32(0)))
+    exit_k = _index_of(nbrs[prev], cur)
+    side = new_slot[prev, exit_k]  # (w, k, 2)
+    new_nbrs = jnp.zeros((capacity, 3, 3), jnp.int32)
+    new_nbrs = jnp.where(eye[None], u[:, :, None], new_nbrs)
+    kk = np.arange(3)
+    new_nbrs = new_nbrs.at[:, kk[:, None], j_of].set(side)
+
+    # Kept vertices whose edge led outside now lead to the new vertex on that edge.
+    w = nbrs
+    back = _index_of(nbrs[w], jnp.broadcast_to(slots[:, None], w.shape))
+    relink = keep[:, None] & out[w]
+    nbrs = jnp.where(relink, new_slot[w, back], nbrs)
+
+    target = new_slot.reshape(-1)
+    x = x.at[target].set(new_x.reshape(-1, 3), mode="drop")
+    planes = planes.at[target].set(new_planes.reshape(-1, 3), mode="drop")
+    nbrs = nbrs.at[target].set(new_nbrs.reshape(-1, 3), mode="drop")
+    valid = keep.at[target].set(True, mode="drop")
+    return Polyhedron(x, planes, nbrs, valid, overflow)
+
+
+def _centres(poly: Polyhedron):
+    """Cell centre (vertex mean) and, for every (v, k), the centre of facet ``planes[v, k]``."""
+    x, planes, _, valid, _ = poly
+    w = valid.astype(x.dtype)
+    cell = (w @ x) / jnp.maximum(jnp.sum(w), 1.0)
+    member = jnp.any(planes[:, :, None, None] == planes[None, None, :, :], -1) & valid  # (v, k, w)
+    m = member.astype(x.dtype)
+    facet = jnp.einsum("vkw,wd->vkd", m, x) / jnp.maximum(m.sum(-1), 1.0)[..., None]
+    return cell, facet
+
+
+def integrate(poly: Polyhedron, density, origin: Float[Array, " 3"], num_facets: int):
+    """Moments of ``density`` over the polyhedron and its surface integral over each facet, summed
+    per plane id ``0 .. num_facets - 1``; vertices and moments relative to ``origin``."""
+    x, planes, nbrs, valid, _ = poly
+    cell, facet = _centres(poly)
+    nxt = x[nbrs[:, [1, 2, 0]]]  # (v, k, 3): next vertex along facet planes[v, k]
+    a = jnp.broadcast_to(x[:, None, :], nxt.shape)
+    tri = jnp.stack([facet, a, nxt], axis=2)  # (v, k, 3, 3)
+    tet = jnp.concatenate([jnp.broadcast_to(cell, tri.shape[:2] + (1, 3)), tri], axis=2)
+    moments = jax.vmap(jax.vmap(density.simplex_moments, (None, 0)), (None, 0))
+    m0, m1, m2 = moments(origin, tet)
+    live = valid[:, None]
+    mass = jnp.sum(jnp.where(live, m0, 0.0))
+    first = jnp.sum(jnp.where(live[..., None], m1, 0.0), (0, 1))
+    second = jnp.sum(jnp.where(live[..., None, None], m2, 0.0), (0, 1))
+    f = jax.vmap(jax.vmap(density.facet_mass, (None, 0)), (None, 0))(origin, tri)
+    f = jnp.where(live, f, 0.0)
+    ids = jnp.where(live & (planes < num_facets), planes, num_facets)
+    facets = jax.ops.segment_sum(f.reshape(-1), ids.reshape(-1), num_facets + 1)[:num_facets]
+    return mass, first, second, facets
+
+
+def squared_radius(poly: Polyhedron) -> Float[Array, ""]:
+    return jnp.max(jnp.where(poly.valid, jnp.sum(poly.vertices**2, -1), 0.0))
+
+
+def live_mask(poly: Polyhedron) -> Bool[Array, " V"]:
+    return poly.valid
+
+
+def is_empty(poly: Polyhedron) -> Bool[Array, ""]:
+    return ~jnp.any(poly.valid)
