@@ -77,47 +77,61 @@ def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array
     return jnp.argmax(table == value[..., None], axis=-1).astype(jnp.int32)
 
 
+def _first(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
+    """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``."""
+    n = flags.shape[0]
+    rank = jnp.cumsum(flags, dtype=jnp.int32) - 1
+    target = jnp.where(flags, rank, size)
+    return jnp.full((size,), n, jnp.int32).at[target].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+
+
+def new_vertex_capacity(capacity: int) -> int:
+    """How many vertices one clip may create (the size of the new facet), for ``capacity`` slots."""
+    return max(8, capacity // 3)
+
+
 def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""], plane_id) -> Polyhedron:
     """Intersect with the half-space ``normal . x <= offset``."""
     x, planes, nbrs, valid, overflow = poly
     capacity = x.shape[0]
-    slots = jnp.arange(capacity, dtype=jnp.int32)
+    m = new_vertex_capacity(capacity)
     s = x @ normal - offset
     out = valid & (s > 0)
     keep = valid & ~out
 
-    # Crossing edges (w outside, leaving its k-th plane, to the kept vertex u = nbrs[w, k]).
-    cross = out[:, None] & keep[nbrs]  # (w, k)
-    # New vertices take the free slots (empty or just removed), in order.
-    free = ~keep
-    free_rank = jnp.cumsum(free, dtype=jnp.int32) - 1
-    slot_of_rank = jnp.full((capacity,), capacity, jnp.int32).at[jnp.where(free, free_rank, capacity)].set(
-        slots, mode="drop"
+    # Crossing edges e = (w outside, leaving its k-th plane, to the kept vertex u = nbrs[w, k]),
+    # compacted to the first m; each gets the next free slot (empty or just removed).
+    cross = (out[:, None] & keep[nbrs]).reshape(-1)
+    e = _first(cross, m)
+    live_e = e < 3 * capacity
+    e = jnp.where(live_e, e, 0)
+    w, k = e // 3, e % 3
+    slot = _first(~keep, m)
+    n_cross = jnp.sum(cross)
+    overflow = overflow | (n_cross > m) | jnp.any(live_e & (slot >= capacity))
+    slot = jnp.where(live_e, slot, capacity)
+    slot_of_edge = jnp.full((3 * capacity,), capacity, jnp.int32).at[jnp.where(live_e, e, 3 * capacity)].set(
+        slot, mode="drop"
     )
-    flat = cross.reshape(-1)
-    rank = jnp.cumsum(flat, dtype=jnp.int32) - 1
-    new_slot = jnp.where(flat, slot_of_rank[jnp.clip(rank, 0, capacity - 1)], capacity)
-    new_slot = jnp.where(rank < capacity, new_slot, capacity).reshape(capacity, 3)
-    needed = rank[-1] + 1
-    overflow = overflow | (needed > jnp.sum(free))
 
     # Positions, from the kept end.
-    u = nbrs
-    s_u = s[u]
-    t = s_u / jnp.where(cross, s_u - s[:, None], -1.0)
+    u = nbrs[w, k]
+    s_u, s_w = s[u], s[w]
+    t = s_u / jnp.where(live_e, s_u - s_w, -1.0)
     x_u = x[u]
-    new_x = x_u + t[..., None] * (x[:, None, :] - x_u)  # (w, k, 3)
+    new_x = x_u + t[:, None] * (x[w] - x_u)
     eye = np.eye(3, dtype=bool)
-    new_planes = jnp.where(eye[None], jnp.asarray(plane_id, jnp.int32), planes[:, None, :])  # (w, k, 3)
+    k_hot = k[:, None] == jnp.arange(3)
+    planes_w = planes[w]
+    new_planes = jnp.where(k_hot, jnp.asarray(plane_id, jnp.int32), planes_w)
 
-    # Neighbours of the new vertex (w, k) across its j-th plane, j != k: the next crossing on
-    # facet r = planes[w, 3 - j - k], walking from w away from u through outside vertices.
-    j_of = np.array([[(k + 1) % 3, (k + 2) % 3] for k in range(3)], np.int32)  # (k, 2)
-    r_of = np.array([[(k + 2) % 3, (k + 1) % 3] for k in range(3)], np.int32)
-    facet = planes[:, r_of]  # (w, k, 2)
-    prev = jnp.broadcast_to(slots[:, None, None], facet.shape)
-    cur = nbrs[:, j_of]  # (w, k, 2)
-    active = cross[:, :, None]
+    # Neighbours of the new vertex e across its j-th plane, j != k: the next crossing on facet
+    # r = planes[w, 3 - j - k], walking from w away from u through outside vertices.
+    j = jnp.stack([(k + 1) % 3, (k + 2) % 3], -1)  # (m, 2)
+    facet = jnp.take_along_axis(planes_w, 3 - j - k[:, None], -1)
+    prev = jnp.broadcast_to(w[:, None], j.shape)
+    cur = jnp.take_along_axis(nbrs[w], j, -1)
+    active = live_e[:, None]
 
     def walking(state):
         prev, cur, steps = state
@@ -126,30 +140,25 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     def step(state):
         prev, cur, steps = state
         go = active & out[cur]
-        came = _index_of(nbrs[cur], prev)
+        nbrs_cur = nbrs[cur]
+        came = _index_of(nbrs_cur, prev)
         along = _index_of(planes[cur], facet)
-        nxt = jnp.take_along_axis(nbrs[cur], (3 - came - along)[..., None], -1)[..., 0]
+        nxt = jnp.take_along_axis(nbrs_cur, (3 - came - along)[..., None], -1)[..., 0]
         return jnp.where(go, cur, prev), jnp.where(go, nxt, cur), steps + 1
 
     prev, cur, _ = jax.lax.while_loop(walking, step, (prev, cur, jnp.int32(0)))
-    exit_k = _index_of(nbrs[prev], cur)
-    side = new_slot[prev, exit_k]  # (w, k, 2)
-    new_nbrs = jnp.zeros((capacity, 3, 3), jnp.int32)
-    new_nbrs = jnp.where(eye[None], u[:, :, None], new_nbrs)
-    kk = np.arange(3)
-    new_nbrs = new_nbrs.at[:, kk[:, None], j_of].set(side)
+    side = slot_of_edge[3 * prev + _index_of(nbrs[prev], cur)]  # (m, 2)
+    j_hot = j[:, :, None] == jnp.arange(3)  # (m, 2, 3)
+    new_nbrs = jnp.where(k_hot, u[:, None], jnp.sum(jnp.where(j_hot, side[:, :, None], 0), 1, dtype=jnp.int32))
 
-    # Kept vertices whose edge led outside now lead to the new vertex on that edge.
-    w = nbrs
-    back = _index_of(nbrs[w], jnp.broadcast_to(slots[:, None], w.shape))
-    relink = keep[:, None] & out[w]
-    nbrs = jnp.where(relink, new_slot[w, back], nbrs)
+    # The kept end of every crossing edge now leads to the new vertex.
+    back = _index_of(nbrs[u], w)
+    nbrs = nbrs.at[jnp.where(live_e, u, capacity), back].set(slot, mode="drop")
 
-    target = new_slot.reshape(-1)
-    x = x.at[target].set(new_x.reshape(-1, 3), mode="drop")
-    planes = planes.at[target].set(new_planes.reshape(-1, 3), mode="drop")
-    nbrs = nbrs.at[target].set(new_nbrs.reshape(-1, 3), mode="drop")
-    valid = keep.at[target].set(True, mode="drop")
+    x = x.at[slot].set(new_x, mode="drop")
+    planes = planes.at[slot].set(new_planes, mode="drop")
+    nbrs = nbrs.at[slot].set(new_nbrs, mode="drop")
+    valid = keep.at[slot].set(True, mode="drop")
     return Polyhedron(x, planes, nbrs, valid, overflow)
 
 
