@@ -17,8 +17,9 @@ removed ones; a clip that needs more than ``V`` slots sets ``overflow`` instead 
 Degenerate positions (a plane through a vertex) give coincident vertices and zero-length edges:
 a limit of simple polyhedra, so every integral stays exact.
 
-Integrals: for every facet edge (a, b), the tetrahedron (cell centre, facet centre, a, b), the
-centres being vertex means; each facet edge is visited once per facet through the orientation.
+Integrals: every facet is fanned from one of its vertices (its apex), and every fan triangle
+(apex, a, b) is coned to the vertex mean of the cell; each facet edge (a, b) is visited once per
+facet through the orientation.  Triangles touching the apex are degenerate and contribute 0.
 """
 
 from __future__ import annotations
@@ -162,29 +163,36 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     return Polyhedron(x, planes, nbrs, valid, overflow)
 
 
-def _centres(poly: Polyhedron):
-    """Cell centre (vertex mean) and, for every (v, k), the centre of facet ``planes[v, k]``."""
-    x, planes, _, valid, _ = poly
-    w = valid.astype(x.dtype)
-    cell = (w @ x) / jnp.maximum(jnp.sum(w), 1.0)
-    member = jnp.any(planes[:, :, None, None] == planes[None, None, :, :], -1) & valid  # (v, k, w)
-    m = member.astype(x.dtype)
-    facet = jnp.einsum("vkw,wd->vkd", m, x) / jnp.maximum(m.sum(-1), 1.0)[..., None]
-    return cell, facet
+def _fans(poly: Polyhedron):
+    """For every facet edge (v, k) -> ``neighbours[v, (k + 1) % 3]`` of facet ``planes[v, k]``,
+    the facet's apex: its live vertex of smallest slot (pointer jumping along the facet cycle)."""
+    _, planes, nbrs, valid, _ = poly
+    capacity = planes.shape[0]
+    nxt = nbrs[:, [1, 2, 0]]  # (v, k)
+    jump = 3 * nxt + _index_of(planes[nxt], planes)  # flat index of the same facet at the next vertex
+    jump = jump.reshape(-1)
+    best = jnp.repeat(jnp.arange(capacity, dtype=jnp.int32), 3)
+    for _ in range(max(1, (capacity - 1).bit_length())):
+        best = jnp.minimum(best, best[jump])
+        jump = jump[jump]
+    return nxt, best.reshape(capacity, 3)
 
 
 def integrate(poly: Polyhedron, density, origin: Float[Array, " 3"], num_facets: int):
     """Moments of ``density`` over the polyhedron and its surface integral over each facet, summed
-    per plane id ``0 .. num_facets - 1``; vertices and moments relative to ``origin``."""
+    per plane id ``0 .. num_facets - 1``; vertices and moments relative to ``origin``.
+
+    Every facet is fanned from its apex vertex, every fan triangle coned to the vertex mean."""
     x, planes, nbrs, valid, _ = poly
-    cell, facet = _centres(poly)
-    nxt = x[nbrs[:, [1, 2, 0]]]  # (v, k, 3): next vertex along facet planes[v, k]
-    a = jnp.broadcast_to(x[:, None, :], nxt.shape)
-    tri = jnp.stack([facet, a, nxt], axis=2)  # (v, k, 3, 3)
-    tet = jnp.concatenate([jnp.broadcast_to(cell, tri.shape[:2] + (1, 3)), tri], axis=2)
+    live = valid[:, None]
+    weight = valid.astype(x.dtype)
+    centre = (weight @ x) / jnp.maximum(jnp.sum(weight), 1.0)
+    nxt, apex = _fans(poly)
+    a = jnp.broadcast_to(x[:, None, :], (x.shape[0], 3, 3))
+    tri = jnp.stack([x[apex], a, x[nxt]], axis=2)  # (v, k, 3 points, 3)
+    tet = jnp.concatenate([jnp.broadcast_to(centre, tri.shape[:2] + (1, 3)), tri], axis=2)
     moments = jax.vmap(jax.vmap(density.simplex_moments, (None, 0)), (None, 0))
     m0, m1, m2 = moments(origin, tet)
-    live = valid[:, None]
     mass = jnp.sum(jnp.where(live, m0, 0.0))
     first = jnp.sum(jnp.where(live[..., None], m1, 0.0), (0, 1))
     second = jnp.sum(jnp.where(live[..., None, None], m2, 0.0), (0, 1))
