@@ -47,7 +47,7 @@ class Capacities(eqx.Module):
         candidates = min(n - 1, {1: 4, 2: 32, 3: 48}.get(d, 64)) if n > 1 else 1
         grid = None
         if n > 4096 and d <= 3:
-            per_cell = {1: 8.0, 2: 4.0, 3: 2.5}[d]
+            per_cell = {1: 8.0, 2: 12.0, 3: 6.0}[d]
             if y is not None:
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
@@ -154,6 +154,34 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
     return jax.lax.map(fn, (rows, cand.index, pool, cand.reach), batch_size=min(batch, rows.shape[0]))
 
 
+def _redo(out, size: int, search, y, psi, density, capacity: int):
+    """Recompute up to ``size`` uncertified cells with the candidates ``search(rows)`` gives
+    (more than k of them); facets are compacted back into k slots (else: uncertified)."""
+    mass, first, second, facets, certified, overflow, index = out
+    n = y.shape[0]
+    k = index.shape[1]
+    redo = jnp.nonzero(~certified, size=size, fill_value=n)[0]
+    redo_ok = redo < n
+    safe = jnp.where(redo_ok, redo, 0)
+    exact = search(safe)
+    res = _cells(safe, exact, y, psi, density, capacity)
+    target = jnp.where(redo_ok, redo, n)
+    mass, first, second, overflow = (
+        old.at[target].set(new, mode="drop")
+        for old, new in zip((mass, first, second, overflow), (res[0], res[1], res[2], res[5]))
+    )
+    live = (res[3] != 0) & (exact.index < n)
+    keep = jnp.argsort(~live, axis=1, stable=True)[:, :k]  # facets first, in candidate order
+    kept = jnp.take_along_axis(live, keep, 1)
+    new_facets = jnp.where(kept, jnp.take_along_axis(res[3], keep, 1), 0.0)
+    new_index = jnp.where(kept, jnp.take_along_axis(exact.index, keep, 1), n)
+    fits = jnp.sum(live, axis=1) <= k
+    facets = facets.at[target].set(new_facets, mode="drop")
+    index = index.at[target].set(new_index, mode="drop")
+    certified = certified.at[target].set(res[4] & fits, mode="drop")
+    return mass, first, second, facets, certified, overflow, index
+
+
 def power_diagram(
     y: Float[Array, "n d"],
     psi: Float[Array, " n"],
@@ -174,17 +202,18 @@ def power_diagram(
         rows, cand, y, psi, density, capacities.vertices
     )
     index = cand.index
-    if capacities.grid is not None:
-        # Re-search the uncertified cells exhaustively (at most `fallback` of them).
-        redo = jnp.nonzero(~certified, size=capacities.fallback, fill_value=n)[0]
-        redo_ok = redo < n
-        safe = jnp.where(redo_ok, redo, 0)
-        exact = neighbours.brute_force(y, psi, k, rows=safe)
-        res = _cells(safe, exact, y, psi, density, capacities.vertices)
-        target = jnp.where(redo_ok, redo, n)
-        mass, first, second, facets, certified, overflow = (
-            old.at[target].set(new, mode="drop")
-            for old, new in zip((mass, first, second, facets, certified, overflow), res)
-        )
-        index = index.at[target].set(exact.index, mode="drop")
+    # Re-search the uncertified cells with 4x more candidates: first from the grid pool (cheap,
+    # up to `fallback` cells), then exhaustively (O(n) each, up to `fallback // 8` cells at scale).
+    k2 = min(4 * k, n - 1) if n > 1 else k
+    out = (mass, first, second, facets, certified, overflow, index)
+    if k2 > k:
+        if capacities.grid is not None:
+            out = _redo(out, capacities.fallback, lambda rows: neighbours.from_grid(y, psi, grid, k2, rows=rows),
+                        y, psi, density, capacities.vertices)
+            size = min(n, max(64, capacities.fallback // 8))
+        else:
+            size = capacities.fallback
+        out = _redo(out, size, lambda rows: neighbours.brute_force(y, psi, k2, rows=rows),
+                    y, psi, density, capacities.vertices)
+    mass, first, second, facets, certified, overflow, index = out
     return Diagram(mass, first, second, facets, index, certified, overflow)

@@ -127,8 +127,10 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
     return Grid(pool, jnp.where(overfull, 0.0, reach))
 
 
-def from_grid(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int) -> Candidates:
-    """The k lifted-nearest seeds within each seed's pool."""
+def from_grid(
+    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None
+) -> Candidates:
+    """The k lifted-nearest seeds within the pool of each seed of ``rows`` (all by default)."""
     n = y.shape[0]
     y32 = jnp.concatenate([y.astype(jnp.float32), jnp.zeros((1, y.shape[1]), jnp.float32)])
     h32 = jnp.concatenate([lifted_heights(psi).astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
@@ -139,5 +141,8 @@ def from_grid(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: in
         pos, dist = _topk_lifted(y32[i], h32[i], y32[pool], h32[pool], ok, k_eff)
         return _pad(jnp.where(jnp.isfinite(dist), pool[pos], n), k, n)
 
-    index = jax.vmap(one)(jnp.arange(n), grid.pool)
-    return Candidates(index, grid.pool, grid.reach.astype(y.dtype))
+    if rows is None:
+        index = jax.vmap(one)(jnp.arange(n), grid.pool)
+        return Candidates(index, grid.pool, grid.reach.astype(y.dtype))
+    index = jax.vmap(one)(rows, grid.pool[rows])
+    return Candidates(index, grid.pool[rows], grid.reach[rows].astype(y.dtype))

@@ -27,7 +27,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ..geometry import neighbours
 from ..geometry.diagram import Capacities, Diagram, power_diagram
-from . import linear
+from . import linear, multigrid
 
 
 class Status(eqx.Enumeration):
@@ -52,8 +52,9 @@ class SolveStats(eqx.Module):
     iterations: Int[Array, ""]
     evaluations: Int[Array, ""]  # power diagrams computed, line searches included
     residuals: Float[Array, " max_iter+1"]
-    vertex_overflow: Bool[Array, ""]
+    vertex_overflow: Bool[Array, ""]  # when status is `capacity`: what failed
     uncertified: Bool[Array, ""]
+    linear_steps: Int[Array, " max_iter+1"]  # CG iterations of the solve after step k (0: dense)
 
     @property
     def converged(self) -> Bool[Array, ""]:
@@ -65,17 +66,22 @@ class SolveStats(eqx.Module):
 
 
 class _State(eqx.Module):
-    psi: Float[Array, " n"]
-    diagram: Diagram
+    psi: Float[Array, " n"]  # last accepted weights
+    mass: Float[Array, " n"]  # their normalised cell masses
+    facet_mass: Float[Array, "n k"]
+    candidates: Int[Array, "n k"]
+    direction: Float[Array, " n"]
+    t: Float[Array, ""]  # step being tried
+    tries: Int[Array, ""]  # diagrams evaluated in the current line search
+    eps0: Float[Array, ""]
     residuals: Float[Array, " r"]
+    linear_steps: Int[Array, " r"]
     iteration: Int[Array, ""]
     evaluations: Int[Array, ""]
     status: Status
     done: Bool[Array, ""]
-
-
-def _capacity_failed(diagram: Diagram) -> Bool[Array, ""]:
-    return jnp.any(diagram.overflow) | ~jnp.all(diagram.certified)
+    vertex_overflow: Bool[Array, ""]
+    uncertified: Bool[Array, ""]
 
 
 def _relative_error(mass, a):
@@ -92,87 +98,121 @@ def newton(
     max_iter: int,
     verbose: bool | Callable = False,
 ) -> tuple[Float[Array, " n"], SolveStats]:
-    """Run damped Newton from ``psi0``; ``a`` must sum to 1 (the density is normalised here)."""
+    """Run damped Newton from ``psi0``; ``a`` must sum to 1 (the density is normalised here).
+
+    One ``while_loop`` evaluates one power diagram per pass (the first pass at ``psi0``, then
+    every line-search trial), so the diagram is traced and compiled once.  A trial whose diagram
+    overflowed or could not be certified is rejected like a trial that does not decrease the
+    error; if the line search then gives up, the status is ``capacity`` (the driver grows the
+    capacities and restarts from the last accepted weights).
+    """
+    n, d = y.shape
     total = density.total_mass()
     grid = None
     if capacities.grid is not None:
         grid = neighbours.build_grid(y, *capacities.grid)
+    order = multigrid.morton_order(jax.lax.stop_gradient(y)) if n > linear.DENSE_LIMIT else None
+    k = capacities.candidates
+    dtype = a.dtype
 
-    def diagram_at(psi):
-        return power_diagram(y, psi, density, capacities, grid)
+    def direction_at(mass, facet_mass, candidates, err):
+        lap = linear.laplacian(facet_mass, candidates, y, total, order)
+        rtol = jnp.clip(0.01 * err, 1e-13, 1e-4).astype(dtype)
+        return linear.solve_with_info(lap, a - mass, rtol)
 
-    def masses(diagram):
-        return diagram.mass / total
-
-    diagram0 = diagram_at(psi0)
-    m0 = masses(diagram0)
-    eps0 = 0.5 * jnp.minimum(jnp.min(a), jnp.min(m0))
-    err0 = _relative_error(m0, a)
-    residuals = jnp.full((max_iter + 1,), jnp.inf, a.dtype).at[0].set(err0)
-    failed0 = _capacity_failed(diagram0)
-    status0 = _first(
-        (failed0, Status.capacity), (err0 <= tol, Status.converged), default=Status.max_iterations
+    state = _State(
+        psi=psi0,
+        mass=jnp.zeros((n,), dtype),
+        facet_mass=jnp.zeros((n, k), dtype),
+        candidates=jnp.full((n, k), n, jnp.int32),
+        direction=jnp.zeros((n,), dtype),
+        t=jnp.zeros((), dtype),  # pass 0 "tries" psi0 itself and always accepts it
+        tries=jnp.array(0),
+        eps0=jnp.zeros((), dtype),
+        residuals=jnp.full((max_iter + 1,), jnp.inf, dtype),
+        linear_steps=jnp.zeros((max_iter + 1,), jnp.int32),
+        iteration=jnp.array(-1),
+        evaluations=jnp.array(0),
+        status=Status.max_iterations,
+        done=jnp.array(False),
+        vertex_overflow=jnp.array(False),
+        uncertified=jnp.array(False),
     )
-    done0 = failed0 | (err0 <= tol) | (max_iter == 0)
-    state = _State(psi0, diagram0, residuals, jnp.array(0), jnp.array(1), status0, done0)
 
-    def step(state: _State) -> _State:
-        m = masses(state.diagram)
-        lap = linear.laplacian(state.diagram.facet_mass, state.diagram.candidates, y, total)
-        direction, solved = linear.solve(lap, a - m)
-        norm0 = jnp.linalg.norm(m - a)
+    def body(s: _State) -> _State:
+        initial = s.iteration < 0
+        psi_t = s.psi + s.t * s.direction
+        diagram = power_diagram(y, psi_t, density, capacities, grid)
+        m_t = diagram.mass / total
+        overflowed = jnp.any(diagram.overflow)
+        uncertain = ~jnp.all(diagram.certified)
+        failed = overflowed | uncertain
+        eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
+        decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.mass - a)
+        accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
+        tries = s.tries + 1
+        gave_up = ~accepted & (initial | (tries >= 30))
+        err = _relative_error(m_t, a)
+        iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
+        converged = accepted & (err <= tol)
+        out_of_steps = accepted & (iteration >= max_iter)
+        finished = converged | out_of_steps | gave_up
 
-        def search_cond(carry):
-            t, _, _, accepted, failed, count = carry
-            return ~accepted & ~failed & (count < 30)
+        # The next Newton direction, only when a new point was accepted and we carry on.
+        def new_direction(_):
+            return direction_at(m_t, diagram.facet_mass, diagram.candidates, err)
 
-        def search_body(carry):
-            t, _, _, _, _, count = carry
-            psi_t = state.psi + t * direction
-            diagram_t = diagram_at(psi_t)
-            m_t = masses(diagram_t)
-            failed = _capacity_failed(diagram_t)
-            accepted = (jnp.min(m_t) >= eps0) & (jnp.linalg.norm(m_t - a) <= (1 - t / 2) * norm0)
-            return t / 2, psi_t, diagram_t, accepted & ~failed, failed, count + 1
+        def keep_direction(_):
+            return s.direction, linear.SolveInfo(jnp.array(True), jnp.array(0))
 
-        init = (jnp.ones((), a.dtype), state.psi, state.diagram, jnp.array(False), jnp.array(False), jnp.array(0))
-        _, psi_new, diagram_new, accepted, failed, count = jax.lax.while_loop(
-            search_cond, search_body, init
-        )
-        err = _relative_error(masses(diagram_new), a)
-        iteration = state.iteration + 1
+        direction, info = jax.lax.cond(accepted & ~finished, new_direction, keep_direction, None)
+        solve_failed = accepted & ~finished & ~info.ok
         status = _first(
-            (~solved, Status.linear_solve),
-            (failed, Status.capacity),
-            (~accepted, Status.line_search),
-            (err <= tol, Status.converged),
+            (gave_up & (failed | initial), Status.capacity),
+            (gave_up, Status.line_search),
+            (solve_failed, Status.linear_solve),
+            (converged, Status.converged),
             default=Status.max_iterations,
         )
-        ok = solved & accepted
         if verbose:
             printer = jax.debug.print if verbose is True else verbose
-            printer(
-                "newton {i}: worst relative mass error {e:.3e}, step {t}",
-                i=iteration, e=err, t=2.0 ** (1 - count),
+            jax.lax.cond(
+                accepted,
+                lambda: printer(
+                    "newton {i}: worst relative mass error {e:.3e}, step {t}, {c} diagrams, {l} CG steps",
+                    i=iteration, e=err, t=s.t, c=tries, l=info.steps,
+                ),
+                lambda: None,
             )
+        step = iteration.clip(0, max_iter)
         return _State(
-            jnp.where(ok, psi_new, state.psi),
-            jax.tree.map(lambda new, old: jnp.where(ok, new, old), diagram_new, state.diagram),
-            state.residuals.at[iteration].set(jnp.where(ok, err, state.residuals[iteration - 1])),
-            iteration,
-            state.evaluations + count,
-            status,
-            ~ok | (err <= tol) | (iteration >= max_iter),
+            psi=jnp.where(accepted, psi_t, s.psi),
+            mass=jnp.where(accepted, m_t, s.mass),
+            facet_mass=jnp.where(accepted, diagram.facet_mass, s.facet_mass),
+            candidates=jnp.where(accepted, diagram.candidates, s.candidates),
+            direction=direction,
+            t=jnp.where(accepted, jnp.ones((), dtype), s.t / 2),
+            tries=jnp.where(accepted, 0, tries),
+            eps0=eps0,
+            residuals=jnp.where(accepted, s.residuals.at[step].set(err), s.residuals),
+            linear_steps=jnp.where(accepted & ~finished, s.linear_steps.at[step].set(info.steps), s.linear_steps),
+            iteration=iteration,
+            evaluations=s.evaluations + 1,
+            status=status,
+            done=finished | solve_failed,
+            vertex_overflow=jnp.where(accepted, False, s.vertex_overflow | overflowed),
+            uncertified=jnp.where(accepted, False, s.uncertified | uncertain),
         )
 
-    final = jax.lax.while_loop(lambda s: ~s.done, step, state)
+    final = jax.lax.while_loop(lambda s: ~s.done, body, state)
     stats = SolveStats(
         final.status,
-        final.iteration,
+        jnp.maximum(final.iteration, 0),
         final.evaluations,
         final.residuals,
-        jnp.any(final.diagram.overflow),
-        ~jnp.all(final.diagram.certified),
+        final.vertex_overflow,
+        final.uncertified,
+        final.linear_steps,
     )
     return final.psi, stats
 
