@@ -1,0 +1,110 @@
+"""Gradients of every plan output against central finite differences (float64), and the envelope
+formula for W2^2.  One jitted forward and one jitted Jacobian per problem shape: hypothesis draws
+several random problems of that shape without recompiling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from sdot_jax import Box, SumOfDiracs, optimal_transport_plan
+from sdot_jax.distance import dual_value
+
+TOL = 1e-13
+
+
+def _outputs(params, probes):
+    """Every plan output, each reduced to a scalar by a fixed random probe (smooth in the data,
+    and independent of the order of the padded vertex slots)."""
+    y, masses, origin, frame = params
+    box = Box(origin, frame)
+    plan = optimal_transport_plan(SumOfDiracs(y, masses), box, tol=TOL)
+    cells = plan.cells
+    d = y.shape[1]
+    # Vertex functions that ignore duplicated vertices (a zero-length edge can appear or vanish
+    # under a tiny perturbation when a plane passes through a corner): the support function of
+    # every cell in a random direction, and in 2D the sum of squared edge lengths.
+    support = jnp.max(jnp.where(cells.valid, jnp.sum(cells.vertices * probes["nd"][:, None], -1), -jnp.inf), 1)
+    vertex_fn = support @ probes["n"]
+    if d == 2:
+        count = jnp.maximum(cells.valid.sum(1), 1)
+        slots = jnp.arange(cells.valid.shape[1])
+        nxt = cells.vertices[jnp.arange(y.shape[0])[:, None], (slots[None] + 1) % count[:, None]]
+        edges = jnp.where(cells.valid, jnp.sum((nxt - cells.vertices) ** 2, -1), 0.0)
+        vertex_fn = vertex_fn + jnp.sum(edges, 1) @ probes["n"]
+    out = {
+        "distance": jnp.sqrt(dual_value(plan)),
+        "cost": plan.cost,
+        "weights": plan.weights @ probes["n"],
+        "barycenters": jnp.sum(plan.barycenters * probes["nd"]),
+        "second_moments": plan.second_order_moments @ probes["n"],
+        "second_moment_tensors": jnp.sum(plan.second_order_moment_tensors * probes["ndd"]),
+        "vertices": vertex_fn,
+    }
+    if d == 2:
+        out["volumes"] = cells.volumes() @ probes["n"]
+    aux = (plan.masses, plan.barycenters, plan.cell_masses)
+    return out, aux
+
+
+_forward = jax.jit(lambda params, probes: _outputs(params, probes)[0])
+_jacobian = jax.jit(jax.jacrev(_outputs, has_aux=True))
+
+
+def _problem(seed, n, d, parallelotope):
+    rng = np.random.default_rng(seed)
+    origin = rng.uniform(-0.5, 0.5, d)
+    if parallelotope:
+        frame = np.eye(d) * rng.uniform(0.8, 1.5, d) + rng.uniform(-0.3, 0.3, (d, d))
+    else:
+        frame = rng.uniform(0.8, 1.5, d)
+    full = np.diag(frame) if frame.ndim == 1 else frame
+    y = origin + rng.uniform(0.05, 0.95, (n, d)) @ full
+    masses = rng.uniform(0.5, 1.5, n)
+    params = tuple(jnp.asarray(p) for p in (y, masses, origin, frame))
+    probes = {
+        "n": jnp.asarray(rng.standard_normal(n)),
+        "nd": jnp.asarray(rng.standard_normal((n, d))),
+        "ndd": jnp.asarray(rng.standard_normal((n, d, d))),
+    }
+    direction = tuple(jnp.asarray(rng.standard_normal(p.shape)) for p in params)
+    return params, probes, direction
+
+
+def _check(seed, n, d, parallelotope, h=2e-5):
+    params, probes, direction = _problem(seed, n, d, parallelotope)
+    jac, (a, b, m) = _jacobian(params, probes)
+    np.testing.assert_allclose(np.asarray(m), np.asarray(a), rtol=1e-11)
+    # One input at a time, and all together, along random directions.
+    names = ("positions", "masses", "origin", "frame")
+    for which in list(range(4)) + [None]:
+        v = tuple(
+            dv if which is None or k == which else jnp.zeros_like(dv) for k, dv in enumerate(direction)
+        )
+        at = lambda t: _forward(jax.tree.map(lambda p, dv: p + t * dv, params, v), probes)
+        f2, f1, b1, b2 = at(2 * h), at(h), at(-h), at(-2 * h)
+        for key, rows in jac.items():
+            auto = sum(float(jnp.vdot(g, dv)) for g, dv in zip(rows, v))
+            # Five-point central stencil: truncation O(h^4).
+            fd = (8 * (float(f1[key]) - float(b1[key])) - (float(f2[key]) - float(b2[key]))) / (12 * h)
+            scale = max(abs(fd), sum(float(jnp.linalg.norm(g)) for g in rows) * 1e-3, 1e-8)
+            label = f"d {key} / d {'all' if which is None else names[which]}"
+            assert abs(auto - fd) <= 1e-6 * scale, f"{label}: autodiff {auto!r}, finite differences {fd!r}"
+    # Envelope theorem: grad_y W2^2 = 2 a_i (y_i - b_i), i.e. d W2 = that / (2 W2).
+    w2 = float(_forward(params, probes)["distance"])
+    envelope = 2 * a[:, None] * (params[0] - b) / (2 * w2)
+    np.testing.assert_allclose(np.asarray(jac["distance"][0]), np.asarray(envelope), rtol=0, atol=1e-10)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_gradients_2d_parallelotope(seed):
+    _check(seed, n=12, d=2, parallelotope=True)
+
+
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_gradients_3d_box(seed):
+    _check(seed, n=6, d=3, parallelotope=False)
+
+
