@@ -69,7 +69,7 @@ def clip(poly: Polytope, normal: Float[Array, " d"], offset: Float[Array, ""], p
     x_in = vertices[inner]
     new_points = x_in + t[..., None] * (vertices[:, None, :] - x_in)
     k_mask = jnp.eye(d, dtype=bool)[None]  # replace the plane the edge leaves by the new one
-    new_planes = jnp.where(k_mask, plane_id, planes[:, None, :])  # (w, k, d)
+    new_planes = jnp.where(k_mask, jnp.asarray(plane_id, planes.dtype), planes[:, None, :])  # (w, k, d)
 
     n_keep = jnp.sum(keep)
     keep_slot = jnp.where(keep, jnp.cumsum(keep) - 1, capacity)
