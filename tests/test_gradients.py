@@ -96,7 +96,7 @@ def _check(seed, n, d, parallelotope, h=2e-5):
     np.testing.assert_allclose(np.asarray(jac["distance"][0]), np.asarray(envelope), rtol=0, atol=1e-10)
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_gradients_2d_parallelotope(seed):
     _check(seed, n=12, d=2, parallelotope=True)
