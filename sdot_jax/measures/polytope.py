@@ -108,7 +108,14 @@ class Polytope(AbstractDensity):
     - `offsets`: $b$, shape ``(p,)``.
     - `box`: optional ``(lo, hi)``, an axis-aligned box containing $P$.  By default the box is
       found by enumerating the vertices of $P$ (every d-subset of the half-spaces), which also
-      checks that $P$ is bounded, non-empty and full-dimensional; pass `box` when $p$ is large.
+      checks that $P$ is bounded, non-empty and full-dimensional; pass `box` when $p$ is large
+      (then nothing is checked).
+    - `centre`: optional point strictly inside $P$, towards which Diracs outside the support are
+      pulled at the start.  Default: the mean of the vertices, or the centre of `box` when `box`
+      is given (pass `centre` if that point is outside $P$).
+
+    Construction works on traced arrays too (inside ``jax.jit``): the enumeration then runs in
+    JAX and its checks become ``eqx.error_if``.
 
     The density is 1 on $P$ (the solver normalises the total mass); `total_mass` is the volume
     of $P$, computed by clipping the box with the cell kernel, and differentiable with respect
