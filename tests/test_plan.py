@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.spatial
 
-from helpers import assign, gauge, monte_carlo
+from helpers import assign, gauge, monte_carlo, reference_diagram
 from sdot_jax import Box, Capacities, SumOfDiracs, optimal_transport_plan
 from sdot_jax.measures.polytope import ConvexHull
 
@@ -115,3 +116,9 @@ def test_convex_hull_target_agrees_with_monte_carlo():
     mc = monte_carlo(y, np.asarray(plan.weights), x)
     assert np.all(np.abs(np.asarray(plan.cell_masses) - mc["mass"]) <= 5 * mc["mass_se"])
     assert abs(float(plan.cost) - mc["cost"]) <= 5 * mc["cost_se"]
+    # And the independent qhull diagram at the solver's weights.
+    ref = reference_diagram(y, np.asarray(plan.weights), A, b)
+    volume = scipy.spatial.ConvexHull(points).volume
+    np.testing.assert_allclose(ref["mass"] / volume, 1 / N2, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(plan.barycenters), ref["first"] / ref["mass"][:, None], atol=1e-12)
+    np.testing.assert_allclose(float(plan.cost), ref["second"].sum() / volume, rtol=1e-10)
