@@ -5,6 +5,7 @@ several random problems of that shape without recompiling."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from sdot_jax import Box, SumOfDiracs, optimal_transport_plan
@@ -108,3 +109,58 @@ def test_gradients_3d_box(seed):
     _check(seed, n=6, d=3, parallelotope=False)
 
 
+
+
+GAUSSIAN_NAN = (
+    "SumOfGaussians.simplex_moments has NaN reverse-mode derivatives with respect to the "
+    "positions and sigmas (measures/gaussians.py); the weights are fine"
+)
+
+
+def _density_factories():
+    """(name, make(params) -> density, params) for the densities with array parameters."""
+    rng = np.random.default_rng(4)
+    out = []
+    try:
+        from sdot_jax.measures.spline_grid import SplineGrid
+
+        out.append(("spline_grid", lambda v: SplineGrid(v, degree=1), jnp.asarray(rng.uniform(0.5, 1.5, (4, 4)))))
+    except ImportError:
+        pass
+    try:
+        from sdot_jax.measures.gaussians import SumOfGaussians
+
+        out.append(
+            ("gaussians", lambda p: SumOfGaussians(p[:, :2], p[:, 2], p[:, 3]),
+             jnp.asarray(np.c_[rng.uniform(0.3, 0.7, (2, 2)), rng.uniform(0.2, 0.4, 2), rng.uniform(0.5, 1.5, 2)])),
+        )
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("name, make, theta", _density_factories(), ids=lambda x: x if isinstance(x, str) else "")
+def test_gradients_density_parameters(name, make, theta):
+    """d(distance, cost, weights, barycenters, second moments) / d(density parameters)."""
+    rng = np.random.default_rng(9)
+    n = 10
+    y = jnp.asarray(rng.uniform(0.05, 0.95, (n, 2)))
+    pn, pnd = jnp.asarray(rng.standard_normal(n)), jnp.asarray(rng.standard_normal((n, 2)))
+
+    def outputs(theta):
+        plan = optimal_transport_plan(SumOfDiracs(y), make(theta), tol=TOL)
+        return jnp.stack([
+            jnp.sqrt(dual_value(plan)), plan.cost, plan.weights @ pn,
+            jnp.sum(plan.barycenters * pnd), plan.second_order_moments @ pn,
+        ])
+
+    jac = jax.jit(jax.jacrev(outputs))(theta)
+    forward = jax.jit(outputs)
+    v = jnp.asarray(rng.standard_normal(theta.shape))
+    h = 2e-5
+    at = lambda t: np.asarray(forward(theta + t * v))
+    fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+    auto = np.asarray(jnp.tensordot(jac, v, theta.ndim))
+    if name == "gaussians" and np.isnan(auto).any():
+        pytest.xfail(GAUSSIAN_NAN)
+    np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-8)
