@@ -51,7 +51,13 @@ def distance(source: Any, target: Any, squared: bool = False, **options) -> Floa
     barycenter of cell i); with respect to the masses, the weights $\psi^*$; with respect to the
     density's parameters, $\partial \Phi / \partial \theta$ at fixed $\psi^*$.
 
-    Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+    Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.  A batch is solved in one call by
+    ``jax.vmap`` over stacked problems of the same shapes (n Diracs in d dimensions); each
+    problem stops on its own criterion (the batched Newton loop freezes the problems already
+    converged).  Problems of different n must be grouped by n (one compilation per n): padding
+    with zero-mass Diracs is refused (``masses must be positive``), since every Dirac needs a
+    cell of positive mass.  Under ``jax.jit``/``jax.vmap`` the capacities cannot grow on the fly:
+    pass ``capacities=Capacities.default(n, d)`` or larger for unusual inputs.
     """
     plan = optimal_transport_plan(source, target, **options)
     cost = dual_value(plan)
