@@ -216,11 +216,12 @@ def test_overflow_is_flagged():
         return cut[0].overflow, cut[1].overflow, polytope.clip(small, jnp.ones(4), 3.5, 0).overflow
 
     assert [bool(b) for b in corner_cut()] == [True, False, True]
-    # In a diagram: too few vertex slots are reported per cell, never truncated silently.
+    # A sequence of clips: the flag sticks once raised, and a roomy buffer gives the same cell.
     rng = np.random.default_rng(3)
-    y = jnp.asarray(rng.random((30, 3)))
-    diag = jax.jit(lambda y: power_diagram(y, jnp.zeros(30), CUBE, Capacities(12, 29, 30, None)))(y)
-    assert bool(jnp.any(diag.overflow))
+    normals = jnp.asarray(rng.standard_normal((24, 3)))
+    offsets = jnp.asarray(rng.uniform(0.5, 1.0, 24)) * jnp.linalg.norm(normals, axis=-1)
+    tight = jax.jit(lambda a, b: _clipped(polyhedron, a, b, 12).overflow)(normals, offsets)
+    assert bool(tight)
 
 
 def test_new_facet_larger_than_the_per_clip_budget_is_flagged():
@@ -263,3 +264,22 @@ def test_float32_volumes():
     assert mass.dtype == jnp.float32
     pts = np.asarray(poly.vertices, np.float64)[np.asarray(poly.valid)]
     np.testing.assert_allclose(float(mass), ConvexHull(pts).volume, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d, r", [(3, 0.5), (4, 0.5), (5, 0.5)])
+def test_cross_polytope_through_box_corners_and_faces(d, r):
+    # |x|_1 <= r: 2^d planes, 2^(d-1) of them through every vertex (highly non-simple); with
+    # r = 0.5 inside [-1, 1]^d the coincident vertices of the clip must stay on one side.
+    kernel = kernel_for(d)
+    normals = jnp.asarray(np.array(list(itertools.product([-1.0, 1.0], repeat=d))))
+    offsets = jnp.full(2**d, r)
+    capacity = {3: 64, 4: 256, 5: 512}[d]
+
+    @jax.jit
+    def volume(normals, offsets):
+        poly = _clipped(kernel, normals, offsets, capacity)
+        return kernel.integrate(poly, Box().with_dim(d), jnp.zeros(d), 2**d)[0], poly.overflow
+
+    vol, overflow = volume(normals, offsets)
+    assert not bool(overflow)
+    np.testing.assert_allclose(float(vol), (2 * r) ** d / np.prod(np.arange(1, d + 1)), rtol=1e-12)

@@ -7,8 +7,8 @@ of v).  The three planes of every vertex are stored in the same orientation (the
 normals form a right-handed frame), which gives every facet a consistent cyclic order: walking
 facet ``planes[v, k]`` from v goes to ``neighbours[v, (k + 1) % 3]``.
 
-Clipping by a half-space marks the vertices strictly outside, and puts a new vertex on every edge
-from an outside vertex w to a kept vertex u.  The new vertex inherits w's planes and orientation,
+Clipping by a half-space marks the vertices outside (beyond rounding), and puts a new vertex on
+every edge from an outside vertex w to a kept vertex u.  The new vertex inherits w's planes and orientation,
 with the plane the edge leaves replaced by the new one; its neighbour across the new plane is u,
 and its two other neighbours are the new vertices found by walking the two facets of the edge
 from w through the outside vertices (a walk, not a geometric search: the table stays a
@@ -97,7 +97,11 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     capacity = x.shape[0]
     m = new_vertex_capacity(capacity)
     s = x @ normal - offset
-    out = valid & (s > 0)
+    # Vertices within rounding of the plane count as on it (kept), so that coincident vertices
+    # from degenerate positions fall on the same side.
+    reach = jnp.max(jnp.where(valid, jnp.sqrt(jnp.sum(x**2, -1)), 0.0))
+    tol = 64 * jnp.finfo(x.dtype).eps * (jnp.abs(offset) + jnp.sqrt(jnp.sum(normal**2)) * reach)
+    out = valid & (s > tol)
     keep = valid & ~out
 
     # Crossing edges e = (w outside, leaving its k-th plane, to the kept vertex u = nbrs[w, k]),

@@ -1,11 +1,14 @@
-r"""Convex polytopes in d dimensions as fixed-size padded vertex sets (the 3D and d-D cell kernel).
+r"""Convex polytopes in d dimensions as fixed-size padded vertex sets (the d-D cell kernel, d >= 4;
+3D cells use :mod:`.polyhedron`).
 
 A polytope is kept *simple*: every vertex lies on exactly d of the clipping hyperplanes, whose
 ids it records.  Two vertices are joined by an edge when they share d - 1 ids; clipping by a
 half-space drops the vertices outside and puts a new vertex on every edge that crosses the
 boundary, recording the d - 1 shared ids plus the new one.  Degenerate positions (a plane through
 a vertex) give coincident vertices and zero-length edges: a limit of simple polytopes, so every
-integral stays exact.  A clip that needs more than ``V`` slots sets ``overflow``.
+integral stays exact -- provided coincident vertices fall on the same side of every later plane,
+which is why vertices within rounding of a plane count as on it (without this, the 4D
+cross-polytope |x|_1 <= 0.5 came out 2.5 % too large and the 5D one 75 %).  A clip that needs more than ``V`` slots sets ``overflow``.
 
 Integrals use the barycentric subdivision: for every vertex v and every order of its d planes,
 the simplex (centre of the cell, centre of a facet, ..., centre of an edge, v), each centre being
@@ -55,7 +58,11 @@ def clip(poly: Polytope, normal: Float[Array, " d"], offset: Float[Array, ""], p
     vertices, planes, valid, overflow = poly
     capacity, d = vertices.shape
     s = vertices @ normal - offset
-    out = valid & (s > 0)
+    # Vertices within rounding of the plane count as on it: coincident vertices (from degenerate
+    # positions) must all fall on the same side, or the combinatorics would tear.
+    reach = jnp.max(jnp.where(valid, jnp.sqrt(jnp.sum(vertices**2, -1)), 0.0))
+    tol = 64 * jnp.finfo(vertices.dtype).eps * (jnp.abs(offset) + jnp.sqrt(jnp.sum(normal**2)) * reach)
+    out = valid & (s > tol)
     keep = valid & ~out
 
     on_plane = _on_plane_of(planes)
