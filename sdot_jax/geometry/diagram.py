@@ -124,7 +124,7 @@ def _violates(poly, kernel, i, y_i, psi_i, pool, y_pad, psi_pad):
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int):
-    """Clip, integrate and certify the cells of ``rows`` given their candidates."""
+    r"""Clip, integrate and certify the cells of ``rows`` given their candidates."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)

@@ -131,7 +131,7 @@ class SolveInfo(eqx.Module):
 
 
 def pcg(mv, precond, b, rtol, max_steps: int):
-    """Preconditioned CG on zero-mean vectors, stopped on $\|r\|_2 \le$ ``rtol`` $\|b\|_2$.
+    r"""Preconditioned CG on zero-mean vectors, stopped on $\|r\|_2 \le$ ``rtol`` $\|b\|_2$.
 
     Returns ``(x, steps, converged)``.
     """
@@ -220,10 +220,11 @@ def solve_with_info(lap: Laplacian, rhs, rtol=1e-8, *, method: str = "auto"):
         # Rank-one term fixes the gauge; a relative 1e-12 shift keeps isolated cells (no facet
         # with positive density) from making the factorisation fail.
         matrix = lap.dense() + scale / n + 1e-12 * scale * jnp.eye(n, dtype=rhs.dtype)
-        op = lx.MatrixLinearOperator(matrix, lx.positive_semidefinite_tag)
-        sol = lx.linear_solve(op, rhs, lx.Cholesky(), throw=False)
-        x = sol.value - jnp.mean(sol.value)
-        ok = (sol.result == lx.RESULTS.successful) & jnp.all(jnp.isfinite(x))
+        # (jnp directly: lineax's Cholesky path took 2.7 s at n = 1000 where this takes 0.07 s.)
+        factor = jnp.linalg.cholesky(matrix)
+        x = jax.scipy.linalg.cho_solve((factor, True), rhs)
+        x = x - jnp.mean(x)
+        ok = jnp.all(jnp.isfinite(x))
         return x, SolveInfo(ok, jnp.array(0))
     d = lap.dim
     comp = compact(lap, d)

@@ -1,0 +1,140 @@
+"""Benchmark: uniform density on the unit square/cube, random Diracs, float64.
+
+    python benchmarks/uniform.py                      # default cases
+    python benchmarks/uniform.py --cases 2:1e4 2:1e5 3:1e3 --tol 1e-6
+    python benchmarks/uniform.py --sdot-python /tmp/sdotenv/bin/python
+
+Prints one row per case: n, d, density, seconds of the solve after compilation, compile seconds
+(first call minus second), Newton iterations, diagram evaluations, CG steps per Newton step, worst
+relative mass error, peak resident memory of the process (ru_maxrss, cumulative).  With
+``--sdot-python``, the reference library ``sdot`` is run on the same data in a subprocess after
+each of our cases (alternating), and its seconds and the ratio are added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+
+from sdot_jax import Box
+from sdot_jax.geometry.diagram import Capacities
+from sdot_jax.solve.implicit import optimal_weights
+from sdot_jax.solve.newton import Status
+from sdot_jax.solve.start import initial_weights
+
+import equinox as eqx
+
+_solve = eqx.filter_jit(optimal_weights)
+
+SDOT_SCRIPT = r"""
+import sys, time, json, numpy as np, sdot
+y = np.load(sys.argv[1]); tol = float(sys.argv[2])
+d = y.shape[1]
+t = time.perf_counter()
+plan = sdot.plan(sdot.SumOfDiracs(y), sdot.Box([0.0] * d, [1.0] * d), tol=tol)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def points(case: str, n: int, d: int, rng) -> np.ndarray:
+    if case == "uniform":
+        return rng.random((n, d))
+    if case == "clustered":  # concentrated near the line x = 0.5 (2D) / plane x = 0.5 (3D)
+        y = rng.random((n, d))
+        y[:, 0] = np.clip(0.5 + 0.02 * rng.standard_normal(n), 0, 1)
+        return y
+    raise ValueError(case)
+
+
+def ours(y: np.ndarray, tol: float):
+    n, d = y.shape
+    yj = jnp.asarray(y)
+    a = jnp.full((n,), 1.0 / n)
+    density = Box().with_dim(d)
+    psi0 = initial_weights(yj, density)
+    caps = Capacities.default(n, d, y)
+    tol_arr = jnp.asarray(tol)
+    times = []
+    while True:
+        t = time.perf_counter()
+        psi, stats = _solve(yj, a, density, psi0, caps, tol_arr, 50, False)
+        jax.block_until_ready(psi)
+        times.append(time.perf_counter() - t)
+        if not bool(stats.status == Status.capacity) or len(times) > 6:  # Status.capacity: grow and retry
+            break
+        caps = caps.grown(vertices=bool(stats.vertex_overflow), candidates=bool(stats.uncertified), n=n)
+        psi0 = psi
+    t = time.perf_counter()
+    psi, stats = _solve(yj, a, density, psi0, caps, tol_arr, 50, False)
+    jax.block_until_ready(psi)
+    run = time.perf_counter() - t
+    it = int(stats.iterations)
+    steps = np.asarray(stats.linear_steps)[:it]
+    return dict(
+        seconds=run, compile=sum(times) - run * len(times) if len(times) > 1 else times[0] - run,
+        iterations=it, evaluations=int(stats.evaluations), cg=steps.tolist(),
+        error=float(np.min(np.asarray(stats.residuals))), status="converged" if bool(stats.converged) else Status[stats.status],
+        retries=len(times) - 1, capacities=str(caps),
+    )
+
+
+def sdot_run(python: str, y: np.ndarray, tol: float):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "y.npy")
+        np.save(path, y)
+        script = os.path.join(tmp, "run.py")
+        with open(script, "w") as f:
+            f.write(SDOT_SCRIPT)
+        try:
+            out = subprocess.run([python, script, path, str(tol)], capture_output=True, text=True, timeout=3600)
+            return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+        except Exception as e:  # noqa: BLE001 -- report, do not hide
+            print(f"  sdot failed: {e}", file=sys.stderr)
+            return float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", nargs="*", default=["2:1e3", "2:1e4", "2:1e5", "3:1e3", "3:1e4", "2:1e4:clustered"])
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--sdot-python", default=None)
+    args = p.parse_args()
+    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}")
+    head = "| n | d | density | s (run) | s (compile) | Newton | diagrams | CG/step | worst rel. err | peak RSS MB |"
+    if args.sdot_python:
+        head += " sdot s | ours/sdot |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    rng = np.random.default_rng(0)
+    for spec in args.cases:
+        parts = spec.split(":")
+        d, n = int(parts[0]), int(float(parts[1]))
+        case = parts[2] if len(parts) > 2 else "uniform"
+        y = points(case, n, d, rng)
+        r = ours(y, args.tol)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cg = "dense" if not r["cg"] or max(r["cg"]) == 0 else f"{min(r['cg'])}-{max(r['cg'])}"
+        row = (f"| {n:.0e} | {d} | {case} | {r['seconds']:.2f} | {r['compile']:.1f} | {r['iterations']} | "
+               f"{r['evaluations']} | {cg} | {r['error']:.1e} | {rss:.0f} |")
+        if args.sdot_python:
+            s = sdot_run(args.sdot_python, y, args.tol / n)  # sdot's tol: absolute, masses sum to 1
+            row += f" {s:.2f} | {r['seconds'] / s:.2f} |"
+        print(row, flush=True)
+        if r["status"] != "converged" or r["retries"]:
+            print(f"  status: {r['status']}, capacity retries {r['retries']}, {r['capacities']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

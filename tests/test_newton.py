@@ -1,0 +1,64 @@
+"""Damped Newton: quadratic convergence, honest status on failure, jit == eager."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sdot_jax import Box, optimal_transport_plan
+from sdot_jax.geometry.diagram import Capacities
+from sdot_jax.solve.newton import Status, newton
+from sdot_jax.solve.start import initial_weights
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def problem():
+    y = jnp.asarray(np.random.default_rng(0).random((N, 2)))
+    a = jnp.full((N,), 1.0 / N)
+    density = Box().with_dim(2)
+    return y, a, density, initial_weights(y, density), Capacities.default(N, 2)
+
+
+_newton = eqx.filter_jit(newton)
+
+
+def test_quadratic_convergence(problem):
+    y, a, density, psi0, caps = problem
+    psi, stats = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 30, False)
+    assert stats.status == Status.converged
+    res = np.asarray(stats.residuals)[: int(stats.iterations) + 1]
+    assert res[-1] <= 1e-12
+    # Once the error is small, each step at least squares it (up to a constant).
+    small = [k for k in range(len(res) - 1) if res[k] < 1e-2]
+    assert small, res
+    for k in small:
+        assert res[k + 1] <= 10 * res[k] ** 2 + 1e-13, res
+    assert int(stats.evaluations) >= int(stats.iterations) + 1
+
+
+def test_max_iterations_reported(problem):
+    y, a, density, psi0, caps = problem
+    psi, stats = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 2, False)
+    assert stats.status == Status.max_iterations
+    assert int(stats.iterations) == 2
+    res = np.asarray(stats.residuals)
+    assert np.all(np.isfinite(res[:3])) and res[2] < res[0] and np.isinf(res[3:]).all()
+
+
+def test_throw_false_returns_partial_plan():
+    y = np.random.default_rng(1).random((N, 2))
+    with pytest.raises(RuntimeError, match="max_iter"):
+        optimal_transport_plan(y, Box(), tol=1e-12, max_iter=1)
+    plan = optimal_transport_plan(y, Box(), tol=1e-12, max_iter=1, throw=False)
+    assert plan.stats.status == Status.max_iterations
+    assert plan.weights.shape == (N,) and np.isfinite(float(plan.stats.error))
+
+
+def test_jit_equals_eager(problem):
+    y, a, density, psi0, caps = problem
+    eager = optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps)
+    jitted = jax.jit(lambda y: optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps).weights)(y)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager.weights), rtol=1e-9, atol=1e-12)
