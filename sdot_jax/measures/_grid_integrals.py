@@ -201,7 +201,7 @@ def segment_integral(breaks_x, breaks_y, coeffs, t0, seg, window: int):
 
 
 def total_integral(breaks_x, breaks_y, coeffs):
-    """$\int_{[0,1]^2} f\,dt$, exact."""
+    r"""$\int_{[0,1]^2} f\,dt$, exact."""
     kx, ky, px, py = coeffs.shape
     ia = 1.0 / np.arange(1, px + 1)
     ib = 1.0 / np.arange(1, py + 1)
