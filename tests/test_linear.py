@@ -79,7 +79,7 @@ def test_multigrid_as_lineax_preconditioner(problem):
     solver = lx.CG(rtol=1e-9, atol=1e-9 * float(np.abs(rhs).max()), max_steps=500, stabilise_every=None)
     sol = lx.linear_solve(op, jnp.asarray(rhs), solver, options={"preconditioner": precond}, throw=False)
     assert sol.result == lx.RESULTS.successful
-    x = np.asarray(sol.value)
+    x = np.array(sol.value)
     x -= x.mean()
     ref = _reference(L, rhs)
     np.testing.assert_allclose(x, ref, atol=1e-5 * np.abs(ref).max())
