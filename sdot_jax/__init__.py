@@ -1,7 +1,7 @@
 """sdot_jax: exact semi-discrete optimal transport in pure JAX."""
 
 from .api import NotConvergedError as NotConvergedError
-from .api import distance as distance
+from .distance import distance as distance
 from .api import optimal_transport_plan as optimal_transport_plan
 from .geometry.diagram import Capacities as Capacities
 from .measures import AbstractDensity as AbstractDensity

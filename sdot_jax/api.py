@@ -1,4 +1,4 @@
-"""``optimal_transport_plan`` and ``distance``: the public entry points."""
+"""``optimal_transport_plan``: the public entry point (``distance`` is in ``distance.py``)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,11 @@ def _split(a: Any, b: Any) -> tuple[SumOfDiracs, AbstractDensity]:
             f"{type(a).__name__} and {type(b).__name__}."
         )
     diracs = a if isinstance(a, SumOfDiracs) else SumOfDiracs(a)
-    return diracs, b.with_dim(diracs.dim)
+    density = b.with_dim(diracs.dim)
+    # One working precision: the density's float arrays follow the Diracs' dtype.
+    dtype = diracs.positions.dtype
+    density = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, density)
+    return diracs, density
 
 
 def _is_traced(tree) -> bool:
@@ -171,10 +175,3 @@ def optimal_transport_plan(
 
 def _message(status: Status) -> str:
     return Status[status]
-
-
-def distance(source: Any, target: Any, squared: bool = False, **options) -> Float[Array, ""]:
-    r"""$W_2$ between a discrete measure and a density (either order), or $W_2^2$ with
-    ``squared=True``.  Options are those of `optimal_transport_plan`."""
-    plan = optimal_transport_plan(source, target, **options)
-    return plan.cost if squared else plan.distance
