@@ -92,11 +92,7 @@ def test_cross_polytope_volume(d, r):
     assert abs(_cross_polytope_volume_error(d, r)) <= 1e-12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG geometry/polytope.py: degenerate (non-simple) vertices in 4D: the jitted clip of the "
-    "cross-polytope |x|_1 <= 0.5 gives a volume 2.46% too large (r = 1 and r = 0.3 are exact)",
-)
+# Regression: the 1e-12 box margin once made the jitted 4D clip 2.46% wrong here (fixed in the kernels).
 def test_cross_polytope_volume_4d_half():
     assert abs(_cross_polytope_volume_error(4, 0.5)) <= 1e-12
 
