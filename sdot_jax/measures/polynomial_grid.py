@@ -35,7 +35,8 @@ class PolynomialGrid(AbstractDensity):
     - `coefficients`: shape ``(n_x, n_y, p+1, q+1)``.
     - `origin`, `frame`: the box, as for `Box` (unit square by default).
     - `window`: grid cells per axis one triangle of a power cell may overlap (static buffer size;
-      overflow raises an error).  Default: all of them up to 8.
+      a larger triangle gets NaN moments, so the solve fails rather than being wrong).  Default:
+      all of them up to 8 (clipping costs O(window^2) per triangle).
 
     Integrals are exact (clipping against the grid cells, exact quadrature per piece).  2D only.
     """
@@ -118,7 +119,8 @@ class Image(AbstractDensity):
 
     Same placement as `SplineGrid` (pixel $(i, j)$ covers $t \in [i/n_x, (i+1)/n_x] \times
     [j/n_y, (j+1)/n_y]$); equal to ``SplineGrid(values, degree=0)`` and to a `PolynomialGrid` of
-    degree 0.  ``window``: see `PolynomialGrid`.  Integrals are exact.
+    degree 0.  ``window``: see `PolynomialGrid`; here the integrals are boundary (Green) integrals
+    costing O(window) per edge, and the default is the whole grid up to 64 pixels per axis.  Integrals are exact.
     """
 
     values: Float[Array, "nx ny"]
@@ -135,7 +137,9 @@ class Image(AbstractDensity):
         values = check_values(values, jnp.sum(values) > 0, "`values` are all zero: no mass.")
         self.origin, self.frame = frame_of(origin, frame, 2)
         self.values = values.astype(jnp.result_type(values, self.origin))
-        self.window = int(window) if window is not None else min(max(values.shape), 8)
+        # Green integrals cost O(window) per edge: default to the whole grid (up to 64), since a
+        # window too small makes Newton reject legitimate large trial cells (NaN masses).
+        self.window = int(window) if window is not None else min(max(values.shape), 64)
 
     @property
     def dim(self) -> int:
