@@ -6,6 +6,12 @@ from .api import optimal_transport_plan as optimal_transport_plan
 from .geometry.diagram import Capacities as Capacities
 from .measures import AbstractDensity as AbstractDensity
 from .measures import Box as Box
+from .measures import ConvexHull as ConvexHull
+from .measures import Image as Image
+from .measures import PolynomialGrid as PolynomialGrid
+from .measures import Polytope as Polytope
+from .measures import SplineGrid as SplineGrid
+from .measures import SumOfGaussians as SumOfGaussians
 from .measures import SumOfDiracs as SumOfDiracs
 from .plan import BackwardMap as BackwardMap
 from .plan import Cells as Cells

@@ -84,6 +84,8 @@ def integrate(poly: Polygon, density, origin: Float[Array, " 2"], num_facets: in
     centre = jnp.sum(jnp.where(live[:, None], vertices, 0.0), 0) / jnp.maximum(count, 1)
     following = vertices[(idx + 1) % jnp.maximum(count, 1)]
     triangles = jnp.stack([jnp.broadcast_to(centre, vertices.shape), vertices, following], axis=1)
+    # Dead slots become degenerate triangles at the centre: no work for grid densities, no NaN.
+    triangles = jnp.where(live[:, None, None], triangles, centre)
     m0, m1, m2 = jax.vmap(density.simplex_moments, (None, 0))(origin, triangles)
     mass = jnp.sum(jnp.where(live, m0, 0.0))
     first = jnp.sum(jnp.where(live[:, None], m1, 0.0), 0)

@@ -1,3 +1,9 @@
 from ._density import AbstractDensity as AbstractDensity
 from .box import Box as Box
 from .diracs import SumOfDiracs as SumOfDiracs
+from .gaussians import SumOfGaussians as SumOfGaussians
+from .polynomial_grid import Image as Image
+from .polynomial_grid import PolynomialGrid as PolynomialGrid
+from .polytope import ConvexHull as ConvexHull
+from .polytope import Polytope as Polytope
+from .spline_grid import SplineGrid as SplineGrid
