@@ -1,6 +1,7 @@
 """Continuation: automatic choice and a hard image solved through smoothed copies."""
 
 import numpy as np
+import pytest
 
 from sdot_jax import Box, optimal_transport_plan
 from sdot_jax.measures.gaussians import SumOfGaussians
@@ -29,6 +30,7 @@ def test_smoothed_keeps_type_mass_and_fills_zeros():
     np.testing.assert_allclose(const.values, 3.0, rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_image_with_zero_pixels_converges():
     rng = np.random.default_rng(0)
     values = np.where(rng.random((8, 8)) < 0.2, 0.0, 0.5 + 0.5 * rng.random((8, 8)))

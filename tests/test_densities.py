@@ -242,6 +242,7 @@ def power_cell_masses(y, psi, density_fn, lo, hi, samples=400):
     return np.bincount(owner, dens, minlength=len(y))
 
 
+@pytest.mark.slow
 def test_image_and_gaussian_solves():
     rng = np.random.default_rng(3)
     y = rng.random((60, 2))
