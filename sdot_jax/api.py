@@ -143,6 +143,7 @@ def optimal_transport_plan(
             n, d, None if traced else np.asarray(y)
         )
     tol_arr = jnp.asarray(tol, dtype)
+    first = capacities
 
     while True:
         psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
@@ -152,7 +153,7 @@ def optimal_transport_plan(
         grown = capacities.grown(
             vertices=bool(stats.vertex_overflow), candidates=bool(stats.uncertified), n=n
         )
-        if grown == capacities or grown.vertices > 4096:
+        if grown == capacities or grown.vertices > 4096 or grown.candidates > 8 * first.candidates:
             raise RuntimeError(
                 f"power cells could not be computed within {capacities}: the input is degenerate "
                 "(e.g. nearly coincident Diracs)."

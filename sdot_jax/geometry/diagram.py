@@ -117,7 +117,11 @@ def _violates(poly, kernel, i, y_i, psi_i, pool, y_pad, psi_pad):
     delta = ys - y_i
     norm2 = jnp.sum(delta**2, -1)
     excess = 2 * verts @ delta.T - norm2 - psi_i + psis  # > 0: vertex closer (in power) to j
-    scale = norm2 + 2 * jnp.sqrt(norm2) * jnp.sqrt(jnp.max(jnp.sum(verts**2, -1))) + jnp.abs(psi_i) + jnp.abs(psis)
+    # Rounding: delta = y_j - y_i carries an absolute error ~ eps |y|, so a vertex exactly on a
+    # bisector shows an excess up to ~ eps |v| |y|, on top of the relative errors of each term.
+    radius = jnp.sqrt(jnp.max(jnp.where(live, jnp.sum(verts**2, -1), 0.0)))
+    magnitude = jnp.max(jnp.abs(y_i)) + jnp.max(jnp.abs(ys), -1)
+    scale = norm2 + 2 * radius * (jnp.sqrt(norm2) + magnitude) + jnp.abs(psi_i) + jnp.abs(psis)
     tol = 64 * jnp.finfo(verts.dtype).eps * scale
     bad = live[:, None] & ((ids < n) & (ids != i))[None] & (excess > tol)
     return jnp.any(bad)
