@@ -161,7 +161,9 @@ def _sector(a, b, s):
     theta_f = jnp.arctan2(a[0] * foot[1] - a[1] * foot[0], a @ foot)
     ahat = a / jnp.sqrt(jnp.where(ok, na2, 1.0))
     ks = jnp.asarray(_RADIAL_SPLITS, dtype)
-    off = jnp.arccos(jnp.clip(h / (ks * s), 0.0, 1.0))
+    ratio = jnp.clip(h / (ks * s), 0.0, 1.0)
+    # arccos has an infinite slope at 1: evaluate it away from there (no NaN in reverse mode).
+    off = jnp.where(ratio < 1, jnp.arccos(jnp.where(ratio < 1, ratio, 0.0)), 0.0)
     lo, hi = jnp.minimum(0.0, alpha), jnp.maximum(0.0, alpha)
     cuts = jnp.clip(jnp.concatenate([theta_f - off, theta_f + off, theta_f[None]]), lo, hi)
     nodes = jnp.sort(jnp.concatenate([jnp.stack([lo, hi]), cuts]))
@@ -172,7 +174,8 @@ def _sector(a, b, s):
     wt = (right - left)[:, None] * w[None, :]
     cos_rel = jnp.cos(theta - theta_f)
     rmax = 40.0 * s
-    r = jnp.where(h > 0, h / jnp.maximum(cos_rel, h / rmax), 0.0)
+    safe_h = jnp.where(h > 0, h, 1.0)  # keeps the unused branch finite under reverse mode
+    r = jnp.where(h > 0, h / jnp.maximum(cos_rel, safe_h / rmax), 0.0)
     e = jnp.exp(-(r**2) / (2 * s**2))
     i0 = s**2 * (1 - e)
     i1 = s**3 * (math.sqrt(math.pi / 2) * erf(r / (s * math.sqrt(2))) - (r / s) * e)
