@@ -9,7 +9,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from .geometry.diagram import Capacities, power_diagram
 from .geometry import neighbours

@@ -125,7 +125,6 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     t = s_u / jnp.where(live_e, s_u - s_w, -1.0)
     x_u = x[u]
     new_x = x_u + t[:, None] * (x[w] - x_u)
-    eye = np.eye(3, dtype=bool)
     k_hot = k[:, None] == jnp.arange(3)
     planes_w = planes[w]
     new_planes = jnp.where(k_hot, jnp.asarray(plane_id, jnp.int32), planes_w)

@@ -20,6 +20,8 @@ integrated with Gauss--Legendre, exact for the degree.
 
 from __future__ import annotations
 
+import abc
+
 import functools
 import math
 
@@ -28,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import roots_jacobi, roots_legendre
+
+from ._density import AbstractDensity
+from .box import Box
 
 _CAP = 8  # vertex slots of a clipped triangle (a triangle cut by 4 lines has <= 7 vertices)
 
@@ -366,3 +371,34 @@ def triangle_moments_constant(breaks_x, breaks_y, values, t0, tri, window: int):
     m1 = jnp.stack([e[1], e[2]])
     m2 = jnp.stack([jnp.stack([e[3], e[4]]), jnp.stack([e[4], e[5]])])
     return e[0], m1, m2, okx & oky
+
+
+class AbstractGridDensity(AbstractDensity):
+    """A density given per cell of a regular grid on the box ``origin + frame^T [0, 1]^2``: every
+    integral is delegated to the `GridMoments` that ``_grid()`` builds."""
+
+    origin: eqx.AbstractVar[jax.Array]
+    frame: eqx.AbstractVar[jax.Array]
+
+    @abc.abstractmethod
+    def _grid(self) -> GridMoments:
+        """The piecewise-polynomial description of the density."""
+
+    def bounding_box(self):
+        return Box(self.origin, self.frame).bounding_box()
+
+    def half_spaces(self):
+        return Box(self.origin, self.frame).half_spaces()
+
+    def total_mass(self):
+        return self._grid().total_mass()
+
+    def simplex_moments(self, origin, simplex):
+        return self._grid().simplex_moments(origin, simplex)
+
+    def facet_mass(self, origin, facet):
+        return self._grid().facet_mass(origin, facet)
+
+    def density_at(self, x):
+        """$\\rho$ at points ``x (..., 2)``."""
+        return self._grid().density_at(x)

@@ -10,9 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity
-from ._grid_integrals import GridMoments, blur_matrix, frame_of
-from .box import Box
+from ._grid_integrals import AbstractGridDensity, GridMoments, blur_matrix, frame_of
 
 
 def _interior_point(cell_mass, origin, frame):
@@ -22,7 +20,7 @@ def _interior_point(cell_mass, origin, frame):
     return origin + t @ frame
 
 
-class PolynomialGrid(AbstractDensity):
+class PolynomialGrid(AbstractGridDensity):
     r"""A polynomial per grid cell on the box ``origin + frame^T [0, 1]^2``, zero outside.
 
     On cell $(i, j)$ the density is $\sum_{a,b} c_{ijab}\, u^a v^b$ where $u, v \in [0, 1]$ are the
@@ -80,24 +78,6 @@ class PolynomialGrid(AbstractDensity):
         return GridMoments(jnp.linspace(0, 1, nx + 1, dtype=dtype), jnp.linspace(0, 1, ny + 1, dtype=dtype),
                            self.coefficients, self.origin, self.frame, self.window)
 
-    def bounding_box(self):
-        return Box(self.origin, self.frame).bounding_box()
-
-    def half_spaces(self):
-        return Box(self.origin, self.frame).half_spaces()
-
-    def total_mass(self):
-        return self._grid().total_mass()
-
-    def simplex_moments(self, origin, simplex):
-        return self._grid().simplex_moments(origin, simplex)
-
-    def facet_mass(self, origin, facet):
-        return self._grid().facet_mass(origin, facet)
-
-    def density_at(self, x):
-        """$\\rho$ at points ``x (..., 2)``."""
-        return self._grid().density_at(x)
 
     def interior_point(self):
         return _interior_point(self._cell_means(), self.origin, self.frame)
@@ -113,7 +93,7 @@ class PolynomialGrid(AbstractDensity):
         return PolynomialGrid(c, self.origin, self.frame, self.window)
 
 
-class Image(AbstractDensity):
+class Image(AbstractGridDensity):
     r"""Piecewise-constant density: ``values[i_x, i_y]`` on pixel $(i_x, i_y)$ of the box
     ``origin + frame^T [0, 1]^2`` (unit square by default), zero outside.
 
@@ -151,24 +131,6 @@ class Image(AbstractDensity):
         return GridMoments(jnp.linspace(0, 1, nx + 1, dtype=dtype), jnp.linspace(0, 1, ny + 1, dtype=dtype),
                            self.values[:, :, None, None], self.origin, self.frame, self.window)
 
-    def bounding_box(self):
-        return Box(self.origin, self.frame).bounding_box()
-
-    def half_spaces(self):
-        return Box(self.origin, self.frame).half_spaces()
-
-    def total_mass(self):
-        return self._grid().total_mass()
-
-    def simplex_moments(self, origin, simplex):
-        return self._grid().simplex_moments(origin, simplex)
-
-    def facet_mass(self, origin, facet):
-        return self._grid().facet_mass(origin, facet)
-
-    def density_at(self, x):
-        """$\\rho$ at points ``x (..., 2)``."""
-        return self._grid().density_at(x)
 
     def interior_point(self):
         return _interior_point(self.values, self.origin, self.frame)

@@ -7,15 +7,12 @@ import math
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity
-from ._grid_integrals import GridMoments, blur_matrix, frame_of
-from .box import Box
+from ._grid_integrals import AbstractGridDensity, GridMoments, blur_matrix, frame_of
 
 
 def _cardinal_bspline(x: np.ndarray, p: int) -> np.ndarray:
@@ -26,7 +23,6 @@ def _cardinal_bspline(x: np.ndarray, p: int) -> np.ndarray:
         pos = np.where(y > 0, y, 0.0) ** p if p > 0 else (y > 0).astype(float)
         out += (-1) ** k * math.comb(p + 1, k) * pos
     return out / math.factorial(p)
-
 
 @functools.lru_cache(maxsize=None)
 def spline_pieces(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +47,7 @@ def spline_pieces(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     return breaks, m
 
 
-class SplineGrid(AbstractDensity):
+class SplineGrid(AbstractGridDensity):
     r"""Tensor-product B-spline density on the box ``origin + frame^T [0, 1]^d``, zero outside.
 
     $\rho(x) = \sum_{i,j} v_{ij}\, B_p(n_x t_x - i - \tfrac12)\, B_p(n_y t_y - j - \tfrac12)$ with
@@ -107,28 +103,6 @@ class SplineGrid(AbstractDensity):
         coeffs = jnp.einsum("kai,lbj,ij->klab", jnp.asarray(mx, dtype), jnp.asarray(my, dtype), self.values)
         return GridMoments(jnp.asarray(bx, dtype), jnp.asarray(by, dtype), coeffs, self.origin,
                            self.frame, self.window)
-
-    def _box(self) -> Box:
-        return Box(self.origin, self.frame)
-
-    def bounding_box(self):
-        return self._box().bounding_box()
-
-    def half_spaces(self):
-        return self._box().half_spaces()
-
-    def total_mass(self):
-        return self._grid().total_mass()
-
-    def simplex_moments(self, origin, simplex):
-        return self._grid().simplex_moments(origin, simplex)
-
-    def facet_mass(self, origin, facet):
-        return self._grid().facet_mass(origin, facet)
-
-    def density_at(self, x):
-        """$\\rho$ at points ``x (..., d)``."""
-        return self._grid().density_at(x)
 
     def interior_point(self):
         # The centre of the largest coefficient's cell (where the density is positive).

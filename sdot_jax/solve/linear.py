@@ -20,7 +20,6 @@ static size, the padded layout is used instead, never a truncated operator.
 
 from __future__ import annotations
 
-import math
 
 import equinox as eqx
 import jax

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ..geometry import neighbours
-from ..geometry.diagram import Capacities, Diagram, power_diagram
+from ..geometry.diagram import Capacities, power_diagram
 from . import linear, multigrid
 
 
