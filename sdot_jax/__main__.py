@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from . import Box, optimal_transport_plan  # noqa: E402
+from . import Box, Status, optimal_transport_plan  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     print(f"  worst relative mass error  = {error:.2e}  (tol {args.tol:g})")
     print(f"  sum of cell masses         = {float(plan.cell_masses.sum()):.15f}")
     print(f"  time                       = {second:.2f} s ({first:.2f} s with compilation)")
-    print(f"  status                     = {plan.stats.status}")
+    print(f"  status                     = {Status[plan.stats.status]}")
 
 
 if __name__ == "__main__":
