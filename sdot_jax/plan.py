@@ -137,7 +137,9 @@ class TransportPlan(eqx.Module):
     @property
     def cells(self) -> Cells:
         """Vertices and neighbours of every cell (recomputed from the weights)."""
-        return cell_geometry(self.positions, self.weights, self.target, self.capacities)
+        return cell_geometry(
+            self.positions, self.weights, self.target, self.capacities, self.diagram.candidates
+        )
 
     def plot(self, ax=None, **kwargs):
         from .plot import plot_plan
@@ -145,12 +147,15 @@ class TransportPlan(eqx.Module):
         return plot_plan(self, ax=ax, **kwargs)
 
 
-def cell_geometry(y, psi, density, capacities: Capacities) -> Cells:
-    """Vertices of every cell, clipped by the same (certified) candidates as the solve used."""
+def cell_geometry(y, psi, density, capacities: Capacities, candidates=None) -> Cells:
+    """Vertices of every cell, clipped by the certified candidates of a diagram at ``psi``
+    (``candidates``, e.g. ``plan.diagram.candidates``; searched again when omitted)."""
     n, d = y.shape
     k = capacities.candidates
-    grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
-    index = power_diagram(y, psi, density, capacities, grid).candidates
+    index = candidates
+    if index is None:
+        grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
+        index = power_diagram(y, psi, density, capacities, grid).candidates
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
 
