@@ -402,3 +402,287 @@ class AbstractGridDensity(AbstractDensity):
     def density_at(self, x):
         """$\\rho$ at points ``x (..., 2)``."""
         return self._grid().density_at(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D: tetrahedra and triangles against a rectilinear grid of polynomial pieces.
+#
+# A clipped face is kept as a closed chain of directed segments ``a_k -> b_k`` (not a compacted
+# vertex list): clipping by a plane moves the outside end of every crossing segment to its
+# crossing point, collapses segments wholly outside to a point (a dead, zero-length segment) and
+# appends one closing segment from the exit point to the entry point on the plane.  No gather or
+# sort is needed, and integrals over the polygon are sums of signed fan triangles
+# ``(o, a_k, b_k)`` from any point ``o`` of its plane (signed integrals of a polynomial over
+# cones are additive over the oriented boundary).  A triangle cut by six planes keeps <= 9
+# segments, a rectangle cut by four <= 8.
+
+_SEGS = 9  # segment slots of a clipped face
+
+
+def _clip_chain(a, b, alive, normal, offset):
+    """Keep ``normal . x <= offset`` (closed) of the planar convex chain ``a -> b`` ``(S, 3)``;
+    returns the chain with one more (closing) segment."""
+    sa = a @ normal - offset
+    sb = b @ normal - offset
+    ina, inb = sa <= 0, sb <= 0
+    cross = ina != inb
+    denom = jnp.where(cross, sa - sb, 1.0)
+    t = jnp.where(cross, sa / denom, 0.0)
+    x = a + t[:, None] * (b - a)
+    a2 = jnp.where(ina[:, None], a, x)
+    b2 = jnp.where(inb[:, None], b, x)
+    exits = alive & ina & ~inb
+    entries = alive & ~ina & inb
+    # One exit and one entry for a convex chain; take the first of each (robust to rounding).
+    exit_pt = x[jnp.argmax(exits)]
+    entry_pt = x[jnp.argmax(entries)]
+    closing = jnp.any(exits) & jnp.any(entries)
+    a2 = jnp.concatenate([a2, exit_pt[None]])
+    b2 = jnp.concatenate([b2, entry_pt[None]])
+    alive2 = jnp.concatenate([alive & (ina | inb), closing[None]])
+    return a2, b2, alive2
+
+
+def _chain_of(verts):
+    """The closed chain of a polygon given by its ordered vertices ``(m, 3)``."""
+    return verts, jnp.roll(verts, -1, axis=0), jnp.ones(verts.shape[0], bool)
+
+
+def _pad_chain(a, b, alive, size: int = _SEGS):
+    extra = size - a.shape[0]
+    if extra <= 0:
+        return a, b, alive
+    z = jnp.zeros((extra, 3), a.dtype)
+    return (jnp.concatenate([a, z]), jnp.concatenate([b, z]),
+            jnp.concatenate([alive, jnp.zeros(extra, bool)]))
+
+
+def _chain_fan(a, b, alive, n_cyc, points):
+    """Quadrature points ``(S, Q, 3)`` and signed fan areas ``(S,)`` of a clipped chain (areas
+    along the unit normal ``n_cyc / |n_cyc|``, positive when the chain turns counter-clockwise)."""
+    w = alive.astype(a.dtype)
+    count = jnp.sum(w)
+    o = jnp.sum(w[:, None] * (a + b), 0) / (2 * jnp.maximum(count, 1.0))  # inside the polygon
+    da, db = a - o, b - o
+    norm2 = jnp.sum(n_cyc**2)
+    inv = jnp.where(norm2 > 0, 1.0 / jnp.sqrt(jnp.where(norm2 > 0, norm2, 1.0)), 0.0)
+    area = 0.5 * (jnp.cross(da, db) @ n_cyc) * inv * w
+    pts = o + points[None, :, 0:1] * da[:, None] + points[None, :, 1:2] * db[:, None]
+    return pts, area, o
+
+
+def _powers3(u, p):
+    """``u (..., 3)`` -> three arrays of powers ``(..., p_k)``."""
+    return [_powers(u[..., k], p[k] - 1) for k in range(3)]
+
+
+def _box_planes(lo, hi):
+    """The six planes ``n . x <= offset`` of the box ``[lo, hi]``."""
+    eye = jnp.eye(3, dtype=lo.dtype)
+    return [(-eye[k], -lo[k]) for k in range(3)] + [(eye[k], hi[k]) for k in range(3)]
+
+
+def _window_starts(breaks, lo, hi, window):
+    starts, ok = [], True
+    for k in range(3):
+        s, o = _window_start(breaks[k], lo[k], hi[k], window[k])
+        starts.append(s)
+        ok = ok & o
+    return starts, ok
+
+
+def _degree_weights(shape, dtype):
+    """``1 / (a + b + c + j + 3)`` for ``j = 0, 1, 2``: Euler's homogeneity factors."""
+    p1, p2, p3 = shape
+    deg = (np.arange(p1)[:, None, None] + np.arange(p2)[None, :, None] + np.arange(p3)[None, None, :])
+    return jnp.asarray(np.stack([1.0 / (deg + j + 3) for j in range(3)]), dtype)
+
+
+def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
+    r"""Moments of the grid polynomial over the tetrahedron ``t0 + conv(tet)`` in grid coordinates.
+
+    ``breaks``: three arrays ``(K_k + 1,)``; ``coeffs``: ``(K_1, K_2, K_3, p_1, p_2, p_3)``.
+    Returns ``(m0, m1 (3,), m2 (3, 3))`` about ``t0`` and an ``ok`` flag (False when the
+    tetrahedron's bounding box spans more pieces than ``window`` along some axis).
+
+    For every piece $B = [\ell, h]$ of the window, $P = T \cap B$ is integrated by Euler's
+    identity for a polynomial $q_k$ homogeneous of degree $k$ about the corner $c = \ell$:
+    $\int_P q_k = \frac{1}{k+3} \sum_F h_F \int_F q_k\, dS$ over the faces $F$ of $P$ with
+    $h_F = n_F \cdot (x_F - c)$.  The faces through $c$ vanish; the others are the four faces of
+    $T$ clipped by $B$ and the three upper faces of $B$ clipped by $T$.  Each face is a signed
+    fan of triangles integrated by a collapsed Gauss rule exact for the degree, so the result is
+    exact up to rounding.  (A face of $T$ lying in a face plane of $B$ is counted once: the
+    face of $B$ is dropped when both have the same outward normal.)
+    """
+    k1, k2, k3, p1, p2, p3 = coeffs.shape
+    w = tuple(min(window, k) for k in (k1, k2, k3))
+    dtype = tet.dtype
+    degree = (p1 - 1) + (p2 - 1) + (p3 - 1) + 2
+    points, weights = triangle_rule(degree)
+    points = jnp.asarray(points, dtype)
+    weights = jnp.asarray(weights, dtype)
+    dw = _degree_weights((p1, p2, p3), dtype)
+    v = t0 + tet  # absolute grid coordinates
+    starts, ok = _window_starts(breaks, v.min(0), v.max(0), w)
+
+    # Faces of T: face f is opposite vertex f; n_cyc from its cycle, outward sign sigma.
+    faces = []
+    for f in range(4):
+        idx = [i for i in range(4) if i != f]
+        tri = v[jnp.array(idx)]
+        n_cyc = jnp.cross(tri[1] - tri[0], tri[2] - tri[0])
+        sigma = -jnp.sign(n_cyc @ (v[f] - tri[0]))
+        faces.append((tri, n_cyc, sigma))
+    # T as half-spaces n_out . x <= n_out . v (for clipping the faces of the pieces).
+    t_planes = [(sig * n, sig * (n @ tri[0])) for tri, n, sig in faces]
+
+    def piece(i, j, k):
+        ix, iy, iz = starts[0] + i, starts[1] + j, starts[2] + k
+        lo = jnp.stack([breaks[0][ix], breaks[1][iy], breaks[2][iz]])
+        hi = jnp.stack([breaks[0][ix + 1], breaks[1][iy + 1], breaks[2][iz + 1]])
+        width = hi - lo
+        c = coeffs[ix, iy, iz]
+        chains, normals, outs = [], [], []
+        for tri, n_cyc, sigma in faces:
+            a, b, alive = _chain_of(tri)
+            for nrm, off in _box_planes(lo, hi):
+                a, b, alive = _clip_chain(a, b, alive, nrm, off)
+            chains.append((a, b, alive))
+            normals.append(n_cyc)
+            outs.append(sigma * n_cyc)
+        eye = jnp.eye(3, dtype=dtype)
+        for ax in range(3):
+            # Upper face x_ax = hi_ax of the piece, counter-clockwise about +e_ax.
+            e1, e2 = (ax + 1) % 3, (ax + 2) % 3
+            base = hi[ax] * eye[ax]
+            rect = jnp.stack([
+                base + lo[e1] * eye[e1] + lo[e2] * eye[e2], base + hi[e1] * eye[e1] + lo[e2] * eye[e2],
+                base + hi[e1] * eye[e1] + hi[e2] * eye[e2], base + lo[e1] * eye[e1] + hi[e2] * eye[e2],
+            ])
+            a, b, alive = _chain_of(rect)
+            keep = jnp.ones((), bool)
+            for nrm, off in t_planes:
+                # A face of T in this plane: keep the face of B only if their normals oppose.
+                strictly_in = jnp.any(alive & ((a @ nrm - off) < 0))
+                keep = keep & (strictly_in | (nrm[ax] < 0))
+                a, b, alive = _clip_chain(a, b, alive, nrm, off)
+            chains.append(_pad_chain(a, b, alive & keep))
+            normals.append(eye[ax])
+            outs.append(eye[ax])
+        a = jnp.stack([ch[0] for ch in chains])
+        b = jnp.stack([ch[1] for ch in chains])
+        alive = jnp.stack([ch[2] for ch in chains])
+        n_cyc = jnp.stack(normals)
+        n_out = jnp.stack(outs)
+        pts, area, o = jax.vmap(_chain_fan, (0, 0, 0, 0, None))(a, b, alive, n_cyc, points)
+        # h_F = n_out . (o - lo) / |n_out| (o lies in the face plane).
+        nn = jnp.sum(n_out**2, -1)
+        h = jnp.where(nn > 0, ((o - lo) * n_out).sum(-1) / jnp.sqrt(jnp.where(nn > 0, nn, 1.0)), 0.0)
+        e = pts - lo  # (F, S, Q, 3), homogeneous coordinates about the corner
+        pu, pv, pw = _powers3(e / width, (p1, p2, p3))
+        r = jnp.einsum("fsqa,fsqb,fsqc,jabc->jfsq", pu, pv, pw, c[None] * dw)
+        wt = (h[:, None] * area)[:, :, None] * weights  # (F, S, Q)
+        i0 = jnp.sum(wt * r[0])
+        i1 = jnp.einsum("fsq,fsqi->i", wt * r[1], e)
+        i2 = jnp.einsum("fsq,fsqi,fsqj->ij", wt * r[2], e, e)
+        d = lo - t0
+        m1 = i1 + d * i0
+        m2 = i2 + jnp.outer(i1, d) + jnp.outer(d, i1) + jnp.outer(d, d) * i0
+        return i0, m1, m2
+
+    ii, jj, kk = np.meshgrid(np.arange(w[0]), np.arange(w[1]), np.arange(w[2]), indexing="ij")
+    m0, m1, m2 = jax.vmap(piece)(jnp.asarray(ii.ravel()), jnp.asarray(jj.ravel()), jnp.asarray(kk.ravel()))
+    return m0.sum(0), m1.sum(0), m2.sum(0), ok
+
+
+def triangle_integral(breaks, coeffs, t0, tri, window: int):
+    r"""$\int_F f\, dS$ over the triangle ``t0 + conv(tri)`` in grid coordinates, divided by its
+    area (so that the caller multiplies by the world area).  The triangle is clipped against
+    every piece of the window and integrated exactly per piece."""
+    k1, k2, k3, p1, p2, p3 = coeffs.shape
+    w = tuple(min(window, k) for k in (k1, k2, k3))
+    dtype = tri.dtype
+    points, weights = triangle_rule((p1 - 1) + (p2 - 1) + (p3 - 1))
+    points = jnp.asarray(points, dtype)
+    weights = jnp.asarray(weights, dtype)
+    v = t0 + tri
+    starts, _ = _window_starts(breaks, v.min(0), v.max(0), w)
+    n_cyc = jnp.cross(v[1] - v[0], v[2] - v[0])
+    norm2 = jnp.sum(n_cyc**2)
+    inv_area = jnp.where(norm2 > 0, 2.0 / jnp.sqrt(jnp.where(norm2 > 0, norm2, 1.0)), 0.0)
+
+    def piece(i, j, k):
+        ix, iy, iz = starts[0] + i, starts[1] + j, starts[2] + k
+        lo = jnp.stack([breaks[0][ix], breaks[1][iy], breaks[2][iz]])
+        hi = jnp.stack([breaks[0][ix + 1], breaks[1][iy + 1], breaks[2][iz + 1]])
+        a, b, alive = _chain_of(v)
+        for nrm, off in _box_planes(lo, hi):
+            a, b, alive = _clip_chain(a, b, alive, nrm, off)
+        pts, area, _ = _chain_fan(a, b, alive, n_cyc, points)
+        pu, pv, pw = _powers3((pts - lo) / (hi - lo), (p1, p2, p3))
+        val = jnp.einsum("sqa,sqb,sqc,abc->sq", pu, pv, pw, coeffs[ix, iy, iz])
+        return jnp.sum(area[:, None] * weights * val)
+
+    ii, jj, kk = np.meshgrid(np.arange(w[0]), np.arange(w[1]), np.arange(w[2]), indexing="ij")
+    out = jax.vmap(piece)(jnp.asarray(ii.ravel()), jnp.asarray(jj.ravel()), jnp.asarray(kk.ravel()))
+    return jnp.sum(out) * inv_area
+
+
+def evaluate_3d(breaks, coeffs, t):
+    """The grid polynomial at points ``t (..., 3)`` (zero outside the unit cube)."""
+    shape = coeffs.shape
+    idx, loc = [], []
+    for k in range(3):
+        i = jnp.clip(jnp.searchsorted(breaks[k], t[..., k], side="right") - 1, 0, shape[k] - 1)
+        idx.append(i)
+        loc.append((t[..., k] - breaks[k][i]) / (breaks[k][i + 1] - breaks[k][i]))
+    pu, pv, pw = (_powers(loc[k], shape[3 + k] - 1) for k in range(3))
+    val = jnp.einsum("...a,...b,...c,...abc->...", pu, pv, pw, coeffs[idx[0], idx[1], idx[2]])
+    inside = jnp.all((t >= 0) & (t <= 1), -1)
+    return jnp.where(inside, val, 0.0)
+
+
+def total_integral_3d(breaks, coeffs):
+    r"""$\int_{[0,1]^3} f\,dt$, exact."""
+    p = coeffs.shape[3:]
+    ia, ib, ic = (1.0 / np.arange(1, q + 1) for q in p)
+    per_piece = jnp.einsum("klmabc,a,b,c->klm", coeffs, ia, ib, ic)
+    widths = jnp.einsum("k,l,m->klm", *(jnp.diff(b) for b in breaks))
+    return jnp.sum(per_piece * widths)
+
+
+class GridMoments3D(eqx.Module):
+    """`GridMoments` for a 3D grid: a piecewise polynomial in grid coordinates, mapped to the world."""
+
+    breaks: tuple[jax.Array, jax.Array, jax.Array]
+    coeffs: jax.Array
+    origin: jax.Array
+    frame: jax.Array
+    window: int = eqx.field(static=True)
+
+    def simplex_moments(self, origin, simplex):
+        finv = jnp.linalg.inv(self.frame)
+        jac = jnp.abs(jnp.linalg.det(self.frame))
+        t0 = (origin - self.origin) @ finv
+        tet = simplex @ finv
+        m0, m1, m2, ok = tetrahedron_moments(self.breaks, self.coeffs, t0, tet, self.window)
+        m0 = jnp.where(ok, m0, jnp.nan)  # overflow: fail loudly (see `_WINDOW_MESSAGE`)
+        f = self.frame
+        return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f)
+
+    def facet_mass(self, origin, facet):
+        finv = jnp.linalg.inv(self.frame)
+        t0 = (origin - self.origin) @ finv
+        tri = facet @ finv
+        cr = jnp.cross(facet[1] - facet[0], facet[2] - facet[0])
+        a2 = jnp.sum(cr**2)
+        area = jnp.where(a2 > 0, 0.5 * jnp.sqrt(jnp.where(a2 > 0, a2, 1.0)), 0.0)
+        return area * triangle_integral(self.breaks, self.coeffs, t0, tri, self.window)
+
+    def total_mass(self):
+        return jnp.abs(jnp.linalg.det(self.frame)) * total_integral_3d(self.breaks, self.coeffs)
+
+    def density_at(self, x):
+        """The density at world points ``x (..., 3)``."""
+        t = (x - self.origin) @ jnp.linalg.inv(self.frame)
+        return evaluate_3d(self.breaks, self.coeffs, t)
