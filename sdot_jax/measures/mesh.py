@@ -142,45 +142,75 @@ def _triangle_element_moments(tri, g, c, alpha, beta, volume_ok):
 # 3D: tetrahedron ∩ tetrahedron by splitting into tetrahedra.
 
 
-def _cut_tet(tet, normal, offset):
-    """``tet (4, 3)`` ∩ {normal . z <= offset} as 3 tetrahedra (degenerate ones have volume 0)."""
-    s = tet @ normal - offset
+# Each case k (number of vertices inside, after sorting them first) as a prism A B C A' B' C'
+# over the points [p0, p1, p2, p3, x01, x02, x03, x12, x13, x23] (x_ij on edge ij), split into
+# the tetrahedra [A B C A'], [B C A' B'], [C A' B' C'].
+_PRISMS = np.array([
+    [0, 0, 0, 0, 0, 0],  # k = 0: empty
+    [0, 4, 5, 6, 6, 6],  # k = 1: the tetrahedron p0 x01 x02 x03
+    [0, 5, 6, 1, 7, 8],  # k = 2: a wedge
+    [0, 1, 2, 6, 8, 9],  # k = 3: the tetrahedron minus its corner at p3
+    [0, 1, 2, 3, 3, 3],  # k = 4: whole
+])
+_EDGE_I = np.array([0, 0, 0, 1, 1, 2])
+_EDGE_J = np.array([1, 2, 3, 2, 3, 3])
+_SPLIT = np.array([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]])
+
+
+def _cut_tets(p, normal, offset):
+    """Tetrahedra ``p (4, 3, *B)`` (vertex, coordinate, batch) cut by ``normal . z <= offset``
+    (``normal (3, *B)``, ``offset (*B)``, broadcast): ``(4, 3, 3, *B)``, 3 pieces per input.
+
+    Written on whole arrays of coordinates (structure of arrays) so that XLA fuses it into a
+    few elementwise loops over the batch."""
+    s = sum(p[:, c] * normal[c] for c in range(3)) - offset  # (4, *B)
     inside = s <= 0
-    order = jnp.argsort(~inside, stable=True)  # inside vertices first
-    p, sp = tet[order], s[order]
-    k = jnp.sum(inside)
-
-    def cut(i, j):
-        den = sp[i] - sp[j]
-        t = jnp.where(den != 0, sp[i] / jnp.where(den != 0, den, 1.0), 0.0)
-        return p[i] + t * (p[j] - p[i])
-
-    x01, x02, x03 = cut(0, 1), cut(0, 2), cut(0, 3)
-    x12, x13, x23 = cut(1, 2), cut(1, 3), cut(2, 3)
-    p0, p1, p2, p3 = p
-    prisms = jnp.stack([
-        jnp.stack([p0, p0, p0, p0, p0, p0]),  # k = 0: empty
-        jnp.stack([p0, x01, x02, x03, x03, x03]),  # k = 1: a tetrahedron at p0
-        jnp.stack([p0, x02, x03, p1, x12, x13]),  # k = 2: a wedge
-        jnp.stack([p0, p1, p2, x03, x13, x23]),  # k = 3: the tetrahedron minus the corner at p3
-        jnp.stack([p0, p1, p2, p3, p3, p3]),  # k = 4: whole
-    ])
-    a, b, cc, a2, b2, c2 = prisms[k]
-    return jnp.stack([
-        jnp.stack([a, b, cc, a2]), jnp.stack([b, cc, a2, b2]), jnp.stack([cc, a2, b2, c2])
-    ])
+    ins = inside.astype(jnp.int32)
+    k = ins.sum(0)
+    # Stable order with the inside vertices first (no sort): position of each vertex.
+    pos = jnp.where(inside, jnp.cumsum(ins, 0) - ins, k + jnp.cumsum(1 - ins, 0) - (1 - ins))
+    q, sq = [], []
+    for j in range(4):
+        hit = [pos[i] == j for i in range(4)]
+        q.append(sum(jnp.where(hit[i], p[i], 0.0) for i in range(4)))
+        sq.append(sum(jnp.where(hit[i], s[i], 0.0) for i in range(4)))
+    points = list(q)
+    for i, j in zip(_EDGE_I, _EDGE_J):
+        den = sq[i] - sq[j]
+        t = jnp.where(den != 0, sq[i] / jnp.where(den != 0, den, 1.0), 0.0)
+        points.append(q[i] + t * (q[j] - q[i]))
+    prism = []
+    for slot in range(6):
+        v = points[_PRISMS[0, slot]]
+        for case in range(1, 5):
+            v = jnp.where(k == case, points[_PRISMS[case, slot]], v)
+        prism.append(v)
+    return jnp.stack([jnp.stack([prism[i] for i in row]) for row in _SPLIT], 2)
 
 
 def _tet_element_moments(tet, g, c, alpha, beta, volume_ok):
-    tets = tet[None]
+    """Moments over ``tet ∩ element`` for a batch of elements (leading axis of g, c, ...)."""
+    e = g.shape[0]
+    tets = jnp.broadcast_to(tet[:, :, None, None], (4, 3, 1, e))  # (vertex, coord, slot, elem)
     for k in range(4):
-        tets = jax.vmap(_cut_tet, (0, None, None))(tets, -g[k], c[k]).reshape(-1, 4, 3)
-    edges = tets[:, 1:] - tets[:, :1]
-    vol = jnp.abs(jax.vmap(det)(edges)) / 6
-    vol = jnp.where(volume_ok, vol, 0.0)
-    r = alpha + tets @ beta  # (81, 4)
-    m0, m1, m2 = jax.vmap(_linear_moments)(tets, r, vol)
-    return m0.sum(0), m1.sum(0), m2.sum(0)
+        normal = -jnp.swapaxes(g[:, k, :], 0, 1)[:, None, :]  # (3, 1, E)
+        out = _cut_tets(tets, normal, c[None, :, k])  # (4, 3, 3, S, E)
+        tets = out.reshape(4, 3, -1, e)
+    v = tets  # (4, 3, 81, E)
+    e1, e2, e3 = v[1] - v[0], v[2] - v[0], v[3] - v[0]
+    det3 = (e1[0] * (e2[1] * e3[2] - e2[2] * e3[1]) - e1[1] * (e2[0] * e3[2] - e2[2] * e3[0])
+            + e1[2] * (e2[0] * e3[1] - e2[1] * e3[0]))
+    vol = jnp.where(volume_ok, jnp.abs(det3) / 6, 0.0)
+    r = alpha + sum(v[:, a] * beta[:, a] for a in range(3))  # (4, 81, E)
+    big_r = r.sum(0)
+    q = v.sum(0)  # (3, 81, E)
+    w = jnp.sum(r[:, None] * v, 0)
+    m0 = jnp.sum(vol * big_r) / 4
+    m1 = jnp.sum(vol * (w + big_r * q), (1, 2)) / 20
+    pp = jnp.einsum("kasb,kcsb->acsb", v, v)
+    rpp = jnp.einsum("ksb,kasb,kcsb->acsb", r, v, v)
+    m2 = vol * (big_r * (q[:, None] * q[None] + pp) + w[:, None] * q[None] + q[:, None] * w[None] + 2 * rpp)
+    return m0, m1, jnp.sum(m2, (2, 3)) / 120
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,8 +279,14 @@ def _triangle_facet_element_mass(tri, g, c, alpha, beta, volume_ok):
 # ---------------------------------------------------------------------------------------------
 
 
-def _scan_elements(fn, element_data, zero, chunk: int):
-    """Sum ``fn(*element)`` over all elements: a ``lax.scan`` over chunks, ``vmap`` inside."""
+def _scan_elements(fn, element_data, zero, chunk: int, batched: bool = False):
+    """Sum ``fn(*element)`` over all elements: a ``lax.scan`` over chunks, ``vmap`` inside (or
+    ``fn`` takes a chunk of elements and returns its sums, when ``batched``)."""
+    def over_chunk(*data):
+        if batched:
+            return fn(*data)
+        return jax.tree.map(lambda o: o.sum(0), jax.vmap(fn)(*data))
+
     e = element_data[0].shape[0]
     chunk = max(1, min(chunk, e))
     pad = (-e) % chunk
@@ -261,12 +297,10 @@ def _scan_elements(fn, element_data, zero, chunk: int):
     # The last field is the per-element `ok` flag: padding is False, so it contributes zero.
 
     def step(acc, data):
-        out = jax.vmap(fn)(*data)
-        return jax.tree.map(lambda s, o: s + o.sum(0), acc, out), None
+        return jax.tree.map(jnp.add, acc, over_chunk(*data)), None
 
     if padded[0].shape[0] == 1:
-        out = jax.vmap(fn)(*(p[0] for p in padded))
-        return jax.tree.map(lambda o: o.sum(0), out)
+        return over_chunk(*(p[0] for p in padded))
     total, _ = jax.lax.scan(step, zero, tuple(padded))
     return total
 
@@ -379,10 +413,16 @@ class Mesh(AbstractDensity):
     def simplex_moments(self, origin, simplex):
         d = self.dim
         g, c, alpha, beta, ok = self._local(origin)
-        fn = _triangle_element_moments if d == 2 else _tet_element_moments
         dtype = simplex.dtype
         zero = (jnp.zeros((), dtype), jnp.zeros((d,), dtype), jnp.zeros((d, d), dtype))
-        return _scan_elements(lambda *e: fn(simplex, *e), (g, c, alpha, beta, ok), zero, _CHUNK[d])
+        if d == 2:
+            return _scan_elements(
+                lambda *e: _triangle_element_moments(simplex, *e), (g, c, alpha, beta, ok), zero, _CHUNK[d]
+            )
+        return _scan_elements(
+            lambda *e: _tet_element_moments(simplex, *e), (g, c, alpha, beta, ok), zero, _CHUNK[d],
+            batched=True,
+        )
 
     def facet_mass(self, origin, facet):
         d = self.dim
