@@ -302,6 +302,29 @@ def blur_matrix(n: int, sigma_cells: float) -> np.ndarray:
     return m
 
 
+WINDOW_3D = 4  # default window (pieces per axis) of 3D grids: the cost grows as window**3
+
+
+def blur(values, amount: float):
+    """Blur an array of per-cell values (or coefficients, trailing axes kept) over its first
+    ``d`` axes, ``d = 2`` or ``3`` as many as the grid has, by `blur_matrix` along each."""
+    out = values
+    d = 3 if values.ndim in (3, 6) else 2
+    for axis in range(d):
+        n = values.shape[axis]
+        m = jnp.asarray(blur_matrix(n, float(amount) * n), values.dtype)
+        out = jnp.moveaxis(jnp.tensordot(m, out, axes=([1], [axis])), 0, axis)
+    return out
+
+
+def grid_interior_point(levels, origin, frame):
+    """The centre of the grid cell with the largest of ``levels`` (``(n_1, .., n_d)``)."""
+    shape = levels.shape
+    idx = jnp.unravel_index(jnp.argmax(levels), shape)
+    t = jnp.stack([(i + 0.5) / n for i, n in zip(idx, shape)]).astype(frame.dtype)
+    return origin + t @ frame
+
+
 def triangle_moments_constant(breaks_x, breaks_y, values, t0, tri, window: int):
     r"""Exact moments of a piecewise-constant grid function over a triangle by Green's theorem.
 
@@ -374,14 +397,15 @@ def triangle_moments_constant(breaks_x, breaks_y, values, t0, tri, window: int):
 
 
 class AbstractGridDensity(AbstractDensity):
-    """A density given per cell of a regular grid on the box ``origin + frame^T [0, 1]^2``: every
-    integral is delegated to the `GridMoments` that ``_grid()`` builds."""
+    """A density given per cell of a regular grid on the box ``origin + frame^T [0, 1]^d``
+    (d = 2 or 3): every integral is delegated to the `GridMoments` / `GridMoments3D` that
+    ``_grid()`` builds."""
 
     origin: eqx.AbstractVar[jax.Array]
     frame: eqx.AbstractVar[jax.Array]
 
     @abc.abstractmethod
-    def _grid(self) -> GridMoments:
+    def _grid(self) -> "GridMoments | GridMoments3D":
         """The piecewise-polynomial description of the density."""
 
     def bounding_box(self):
@@ -400,7 +424,7 @@ class AbstractGridDensity(AbstractDensity):
         return self._grid().facet_mass(origin, facet)
 
     def density_at(self, x):
-        """$\\rho$ at points ``x (..., 2)``."""
+        """$\\rho$ at points ``x (..., d)``."""
         return self._grid().density_at(x)
 
 
@@ -413,49 +437,8 @@ class AbstractGridDensity(AbstractDensity):
 # appends one closing segment from the exit point to the entry point on the plane.  No gather or
 # sort is needed, and integrals over the polygon are sums of signed fan triangles
 # ``(o, a_k, b_k)`` from any point ``o`` of its plane (signed integrals of a polynomial over
-# cones are additive over the oriented boundary).  A triangle cut by six planes keeps <= 9
-# segments, a rectangle cut by four <= 8.
-
-_SEGS = 9  # segment slots of a clipped face
-
-
-def _clip_chain(a, b, alive, normal, offset):
-    """Keep ``normal . x <= offset`` (closed) of the planar convex chain ``a -> b`` ``(S, 3)``;
-    returns the chain with one more (closing) segment."""
-    sa = a @ normal - offset
-    sb = b @ normal - offset
-    ina, inb = sa <= 0, sb <= 0
-    cross = ina != inb
-    denom = jnp.where(cross, sa - sb, 1.0)
-    t = jnp.where(cross, sa / denom, 0.0)
-    x = a + t[:, None] * (b - a)
-    a2 = jnp.where(ina[:, None], a, x)
-    b2 = jnp.where(inb[:, None], b, x)
-    exits = alive & ina & ~inb
-    entries = alive & ~ina & inb
-    # One exit and one entry for a convex chain; take the first of each (robust to rounding).
-    exit_pt = x[jnp.argmax(exits)]
-    entry_pt = x[jnp.argmax(entries)]
-    closing = jnp.any(exits) & jnp.any(entries)
-    a2 = jnp.concatenate([a2, exit_pt[None]])
-    b2 = jnp.concatenate([b2, entry_pt[None]])
-    alive2 = jnp.concatenate([alive & (ina | inb), closing[None]])
-    return a2, b2, alive2
-
-
-def _chain_of(verts):
-    """The closed chain of a polygon given by its ordered vertices ``(m, 3)``."""
-    return verts, jnp.roll(verts, -1, axis=0), jnp.ones(verts.shape[0], bool)
-
-
-def _pad_chain(a, b, alive, size: int = _SEGS):
-    extra = size - a.shape[0]
-    if extra <= 0:
-        return a, b, alive
-    z = jnp.zeros((extra, 3), a.dtype)
-    return (jnp.concatenate([a, z]), jnp.concatenate([b, z]),
-            jnp.concatenate([alive, jnp.zeros(extra, bool)]))
-
+# cones are additive over the oriented boundary).  A face has 4 segment slots (a triangle
+# repeats its last vertex) plus one closing slot per cutting plane.
 
 def _chain_fan(a, b, alive, n_cyc, points):
     """Quadrature points ``(S, Q, 3)`` and signed fan areas ``(S,)`` of a clipped chain (areas
@@ -476,12 +459,6 @@ def _powers3(u, p):
     return [_powers(u[..., k], p[k] - 1) for k in range(3)]
 
 
-def _box_planes(lo, hi):
-    """The six planes ``n . x <= offset`` of the box ``[lo, hi]``."""
-    eye = jnp.eye(3, dtype=lo.dtype)
-    return [(-eye[k], -lo[k]) for k in range(3)] + [(eye[k], hi[k]) for k in range(3)]
-
-
 def _window_starts(breaks, lo, hi, window):
     starts, ok = [], True
     for k in range(3):
@@ -496,6 +473,44 @@ def _degree_weights(shape, dtype):
     p1, p2, p3 = shape
     deg = (np.arange(p1)[:, None, None] + np.arange(p2)[None, :, None] + np.arange(p3)[None, None, :])
     return jnp.asarray(np.stack([1.0 / (deg + j + 3) for j in range(3)]), dtype)
+
+
+_SLOTS = 10  # segment slots of a clipped face: 4 initial + 6 closing segments
+
+
+def _clip_step(a, b, alive, normal, offset, slot):
+    """Keep ``normal . x <= offset`` (closed) of the planar convex chain ``a -> b`` ``(S, 3)``:
+    crossing segments end at their crossing point, segments wholly outside collapse to a point
+    (dead), and the closing segment exit -> entry goes into ``slot`` (dropped when ``slot`` is
+    out of range, for an idle step)."""
+    sa = a @ normal - offset
+    sb = b @ normal - offset
+    ina, inb = sa <= 0, sb <= 0
+    cross = ina != inb
+    denom = jnp.where(cross, sa - sb, 1.0)
+    t = jnp.where(cross, sa / denom, 0.0)
+    x = a + t[:, None] * (b - a)
+    exits = alive & ina & ~inb
+    entries = alive & ~ina & inb
+    closing = jnp.any(exits) & jnp.any(entries)
+    a = jnp.where(ina[:, None], a, x).at[slot].set(x[jnp.argmax(exits)], mode="drop")
+    b = jnp.where(inb[:, None], b, x).at[slot].set(x[jnp.argmax(entries)], mode="drop")
+    alive = (alive & (ina | inb)).at[slot].set(closing, mode="drop")
+    return a, b, alive
+
+
+# Upper faces of a piece: face ax lies in x_ax = hi_ax, its corners take lo/hi in the other two
+# axes, counter-clockwise about +e_ax.
+_RECT_UPPER = np.zeros((3, 4, 3), bool)
+_RECT_CORNER = np.zeros((3, 4, 3), int)
+for _ax in range(3):
+    _RECT_UPPER[_ax, :, _ax] = True
+    for _r, (_u, _v) in enumerate([(0, 0), (1, 0), (1, 1), (0, 1)]):
+        _RECT_CORNER[_ax, _r, (_ax + 1) % 3] = _u
+        _RECT_CORNER[_ax, _r, (_ax + 2) % 3] = _v
+_INIT_ALIVE = np.zeros((7, _SLOTS), bool)
+_INIT_ALIVE[:, :4] = True
+_CLOSE = np.array([[4 + q for q in range(6)]] * 4 + [[4 + q if q < 4 else _SLOTS for q in range(6)]] * 3)
 
 
 def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
@@ -526,55 +541,54 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
     starts, ok = _window_starts(breaks, v.min(0), v.max(0), w)
 
     # Faces of T: face f is opposite vertex f; n_cyc from its cycle, outward sign sigma.
-    faces = []
-    for f in range(4):
-        idx = [i for i in range(4) if i != f]
-        tri = v[jnp.array(idx)]
-        n_cyc = jnp.cross(tri[1] - tri[0], tri[2] - tri[0])
-        sigma = -jnp.sign(n_cyc @ (v[f] - tri[0]))
-        faces.append((tri, n_cyc, sigma))
-    # T as half-spaces n_out . x <= n_out . v (for clipping the faces of the pieces).
-    t_planes = [(sig * n, sig * (n @ tri[0])) for tri, n, sig in faces]
+    opp = np.array([[i for i in range(4) if i != f] for f in range(4)])
+    tris = v[opp]  # (4, 3, 3)
+    n_cyc = jnp.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+    sigma = -jnp.sign(jnp.sum(n_cyc * (v - tris[:, 0]), -1))
+    t_normal = sigma[:, None] * n_cyc  # T = {x : t_normal . x <= t_offset}
+    t_offset = jnp.sum(t_normal * tris[:, 0], -1)
+    eye = jnp.eye(3, dtype=dtype)
+    # The faces of a piece: 4 faces of T (cut by the 6 planes of the piece), then the 3 upper
+    # faces of the piece (cut by the 4 planes of T, then 2 idle steps).  Step q of face f
+    # writes its closing segment into slot _CLOSE[f, q] (out of range, i.e. dropped, if idle).
+    normals = jnp.concatenate([n_cyc, eye])
+    n_out = jnp.concatenate([t_normal, eye])
+    opposite = t_normal.T < 0  # (3 axes, 4 planes): outward normals of T and of B oppose
+    box_n = jnp.concatenate([-eye, eye])
+    zero3 = jnp.zeros((2, 3), dtype)
+    face_n = [jnp.concatenate([jnp.broadcast_to(box_n[q], (4, 3)),
+                               jnp.broadcast_to(jnp.concatenate([t_normal, zero3])[q], (3, 3))])
+              for q in range(6)]
+    tri_init = jnp.concatenate([tris, tris[:, 2:]], 1)  # (a, b, c, c): a closed 4-segment chain
 
-    def piece(i, j, k):
+    def piece(flat):
+        i, rem = flat // (w[1] * w[2]), flat % (w[1] * w[2])
+        j, k = rem // w[2], rem % w[2]
         ix, iy, iz = starts[0] + i, starts[1] + j, starts[2] + k
         lo = jnp.stack([breaks[0][ix], breaks[1][iy], breaks[2][iz]])
         hi = jnp.stack([breaks[0][ix + 1], breaks[1][iy + 1], breaks[2][iz + 1]])
         width = hi - lo
         c = coeffs[ix, iy, iz]
-        chains, normals, outs = [], [], []
-        for tri, n_cyc, sigma in faces:
-            a, b, alive = _chain_of(tri)
-            for nrm, off in _box_planes(lo, hi):
-                a, b, alive = _clip_chain(a, b, alive, nrm, off)
-            chains.append((a, b, alive))
-            normals.append(n_cyc)
-            outs.append(sigma * n_cyc)
-        eye = jnp.eye(3, dtype=dtype)
-        for ax in range(3):
-            # Upper face x_ax = hi_ax of the piece, counter-clockwise about +e_ax.
-            e1, e2 = (ax + 1) % 3, (ax + 2) % 3
-            base = hi[ax] * eye[ax]
-            rect = jnp.stack([
-                base + lo[e1] * eye[e1] + lo[e2] * eye[e2], base + hi[e1] * eye[e1] + lo[e2] * eye[e2],
-                base + hi[e1] * eye[e1] + hi[e2] * eye[e2], base + lo[e1] * eye[e1] + hi[e2] * eye[e2],
-            ])
-            a, b, alive = _chain_of(rect)
-            keep = jnp.ones((), bool)
-            for nrm, off in t_planes:
-                # A face of T in this plane: keep the face of B only if their normals oppose.
-                strictly_in = jnp.any(alive & ((a @ nrm - off) < 0))
-                keep = keep & (strictly_in | (nrm[ax] < 0))
-                a, b, alive = _clip_chain(a, b, alive, nrm, off)
-            chains.append(_pad_chain(a, b, alive & keep))
-            normals.append(eye[ax])
-            outs.append(eye[ax])
-        a = jnp.stack([ch[0] for ch in chains])
-        b = jnp.stack([ch[1] for ch in chains])
-        alive = jnp.stack([ch[2] for ch in chains])
-        n_cyc = jnp.stack(normals)
-        n_out = jnp.stack(outs)
-        pts, area, o = jax.vmap(_chain_fan, (0, 0, 0, 0, None))(a, b, alive, n_cyc, points)
+        lohi = jnp.stack([lo, hi])
+        rects = jnp.where(_RECT_UPPER, hi, lohi[_RECT_CORNER, np.arange(3)])  # (3, 4, 3)
+        init = jnp.concatenate([tri_init, rects])  # (7, 4, 3)
+        pad = jnp.zeros((7, _SLOTS - 4, 3), dtype)
+        a = jnp.concatenate([init, pad], 1)
+        b = jnp.concatenate([jnp.roll(init, -1, axis=1), pad], 1)
+        alive = jnp.asarray(_INIT_ALIVE)
+        box_o = jnp.concatenate([-lo, hi])
+        t_off = jnp.concatenate([t_offset, jnp.zeros(2, dtype)])
+        keep = jnp.ones(3, bool)
+        for q in range(6):
+            po = jnp.concatenate([jnp.broadcast_to(box_o[q], (4,)), jnp.broadcast_to(t_off[q], (3,))])
+            if q < 4:
+                # A face of T in the plane of a face of B: keep the face of B only if the outward
+                # normals oppose (else the clipped face of T already counts it).
+                s_in = jnp.any(alive[4:] & ((a[4:] @ t_normal[q] - t_offset[q]) < 0), -1)
+                keep = keep & (s_in | opposite[:, q])
+            a, b, alive = jax.vmap(_clip_step)(a, b, alive, face_n[q], po, jnp.asarray(_CLOSE[:, q]))
+        alive = alive & jnp.concatenate([jnp.ones(4, bool), keep])[:, None]
+        pts, area, o = jax.vmap(_chain_fan, (0, 0, 0, 0, None))(a, b, alive, normals, points)
         # h_F = n_out . (o - lo) / |n_out| (o lies in the face plane).
         nn = jnp.sum(n_out**2, -1)
         h = jnp.where(nn > 0, ((o - lo) * n_out).sum(-1) / jnp.sqrt(jnp.where(nn > 0, nn, 1.0)), 0.0)
@@ -590,9 +604,13 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
         m2 = i2 + jnp.outer(i1, d) + jnp.outer(d, i1) + jnp.outer(d, d) * i0
         return i0, m1, m2
 
-    ii, jj, kk = np.meshgrid(np.arange(w[0]), np.arange(w[1]), np.arange(w[2]), indexing="ij")
-    m0, m1, m2 = jax.vmap(piece)(jnp.asarray(ii.ravel()), jnp.asarray(jj.ravel()), jnp.asarray(kk.ravel()))
-    return m0.sum(0), m1.sum(0), m2.sum(0), ok
+    def body(acc, flat):
+        out = piece(flat)
+        return tuple(x + y for x, y in zip(acc, out)), None
+
+    zero = (jnp.zeros((), dtype), jnp.zeros(3, dtype), jnp.zeros((3, 3), dtype))
+    (m0, m1, m2), _ = jax.lax.scan(body, zero, jnp.arange(w[0] * w[1] * w[2]))
+    return m0, m1, m2, ok
 
 
 def triangle_integral(breaks, coeffs, t0, tri, window: int):
@@ -615,17 +633,27 @@ def triangle_integral(breaks, coeffs, t0, tri, window: int):
         ix, iy, iz = starts[0] + i, starts[1] + j, starts[2] + k
         lo = jnp.stack([breaks[0][ix], breaks[1][iy], breaks[2][iz]])
         hi = jnp.stack([breaks[0][ix + 1], breaks[1][iy + 1], breaks[2][iz + 1]])
-        a, b, alive = _chain_of(v)
-        for nrm, off in _box_planes(lo, hi):
-            a, b, alive = _clip_chain(a, b, alive, nrm, off)
+        eye = jnp.eye(3, dtype=dtype)
+        box_n = jnp.concatenate([-eye, eye])
+        box_o = jnp.concatenate([-lo, hi])
+        init = jnp.concatenate([v, v[2:]])  # (a, b, c, c): a closed 4-segment chain
+        pad = jnp.zeros((_SLOTS - 4, 3), dtype)
+        a = jnp.concatenate([init, pad])
+        b = jnp.concatenate([jnp.roll(init, -1, axis=0), pad])
+        alive = jnp.asarray(_INIT_ALIVE[0])
+        for q in range(6):
+            a, b, alive = _clip_step(a, b, alive, box_n[q], box_o[q], 4 + q)
         pts, area, _ = _chain_fan(a, b, alive, n_cyc, points)
         pu, pv, pw = _powers3((pts - lo) / (hi - lo), (p1, p2, p3))
         val = jnp.einsum("sqa,sqb,sqc,abc->sq", pu, pv, pw, coeffs[ix, iy, iz])
         return jnp.sum(area[:, None] * weights * val)
 
-    ii, jj, kk = np.meshgrid(np.arange(w[0]), np.arange(w[1]), np.arange(w[2]), indexing="ij")
-    out = jax.vmap(piece)(jnp.asarray(ii.ravel()), jnp.asarray(jj.ravel()), jnp.asarray(kk.ravel()))
-    return jnp.sum(out) * inv_area
+    def body(acc, flat):
+        i, rem = flat // (w[1] * w[2]), flat % (w[1] * w[2])
+        return acc + piece(i, rem // w[2], rem % w[2]), None
+
+    out, _ = jax.lax.scan(body, jnp.zeros((), dtype), jnp.arange(w[0] * w[1] * w[2]))
+    return out * inv_area
 
 
 def evaluate_3d(breaks, coeffs, t):

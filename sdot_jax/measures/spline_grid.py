@@ -12,7 +12,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._grid_integrals import AbstractGridDensity, GridMoments, blur_matrix, frame_of
+from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_3D, blur,
+                              frame_of, grid_interior_point)
 
 
 def _cardinal_bspline(x: np.ndarray, p: int) -> np.ndarray:
@@ -50,24 +51,28 @@ def spline_pieces(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:
 class SplineGrid(AbstractGridDensity):
     r"""Tensor-product B-spline density on the box ``origin + frame^T [0, 1]^d``, zero outside.
 
-    $\rho(x) = \sum_{i,j} v_{ij}\, B_p(n_x t_x - i - \tfrac12)\, B_p(n_y t_y - j - \tfrac12)$ with
-    $t$ the box coordinates of $x$, $B_p$ the centred cardinal B-spline of degree $p$: one
+    $\rho(x) = \sum_{i,j} v_{ij}\, B_p(n_x t_x - i - \tfrac12)\, B_p(n_y t_y - j - \tfrac12)$ in 2D
+    (one more factor $B_p(n_z t_z - k - \tfrac12)$ in 3D) with $t$ the box coordinates of $x$, $B_p$ the centred cardinal B-spline of degree $p$: one
     coefficient per grid cell, each basis function centred on its cell.  Beyond the border the
     coefficients extend by their edge values (so constant values give a constant density).
 
     **Arguments:**
 
-    - `values`: coefficients, shape ``(n_x, n_y)``, indexed ``[i_x, i_y]``, non-negative.
+    - `values`: coefficients, shape ``(n_x, n_y)`` or ``(n_x, n_y, n_z)``, indexed ``[i_x, i_y]``
+      / ``[i_x, i_y, i_z]``, non-negative.
     - `degree`: 0 (piecewise constant), 1 (C0, piecewise bilinear, default), 2 (C1), 3 (C2).
     - `origin`, `frame`: the box, as for `Box` (unit square by default).
-    - `window`: how many grid pieces per axis one triangle of a power cell may overlap (a static
-      buffer size; a larger cell raises an error that says so).  Default: all of them up to 8.
+    - `window`: how many grid pieces per axis one triangle (2D) / tetrahedron (3D) of a power
+      cell may overlap (a static buffer size; a larger one gets NaN moments, so the solve fails
+      instead of being wrong).  Default: all of them up to 8 in 2D, up to 4 in 3D.
 
-    Integrals are exact (piecewise polynomials clipped against the grid).  Only 2D for now.
-    The density is normalised by the solver (``total_mass``).
+    Integrals are exact (piecewise polynomials clipped against the grid).  The density is
+    normalised by the solver (``total_mass``).  Cost in 3D: every tetrahedron is clipped
+    against all ``window**3`` pieces of its window (see
+    `sdot_jax.measures._grid_integrals.tetrahedron_moments` for the measured cost).
     """
 
-    values: Float[Array, "nx ny"]
+    values: Float[Array, "nx ny"] | Float[Array, "nx ny nz"]
     origin: Float[Array, " d"]
     frame: Float[Array, "d d"]
     degree: int = eqx.field(static=True)
@@ -76,9 +81,9 @@ class SplineGrid(AbstractGridDensity):
     def __init__(self, values: Any, degree: int = 1, origin: Any = None, frame: Any = None,
                  window: int | None = None):
         values = as_float_array(values, "values")
-        if values.ndim != 2:
+        if values.ndim not in (2, 3):
             raise NotImplementedError(
-                f"SplineGrid supports 2D grids only for now; `values` has shape {values.shape}."
+                f"SplineGrid supports 2D and 3D grids; `values` has shape {values.shape}."
             )
         if degree not in (0, 1, 2, 3):
             raise ValueError(f"`degree` must be 0, 1, 2 or 3, got {degree}.")
@@ -88,33 +93,33 @@ class SplineGrid(AbstractGridDensity):
         self.origin, self.frame = frame_of(origin, frame, values.ndim)
         self.values = values.astype(jnp.result_type(values, self.origin))
         self.degree = int(degree)
-        pieces = max(values.shape) + 1
-        self.window = int(window) if window is not None else min(pieces, 8)
+        if window is not None:
+            self.window = int(window)
+        elif values.ndim == 2:
+            self.window = min(max(values.shape) + 1, 8)
+        else:  # odd degrees have breaks at the cell centres: one more piece per axis
+            self.window = min(max(values.shape) + degree % 2, WINDOW_3D)
 
     @property
     def dim(self) -> int:
         return self.values.ndim
 
-    def _grid(self) -> GridMoments:
-        nx, ny = self.values.shape
-        bx, mx = spline_pieces(nx, self.degree)
-        by, my = spline_pieces(ny, self.degree)
+    def _grid(self) -> GridMoments | GridMoments3D:
         dtype = self.values.dtype
-        coeffs = jnp.einsum("kai,lbj,ij->klab", jnp.asarray(mx, dtype), jnp.asarray(my, dtype), self.values)
-        return GridMoments(jnp.asarray(bx, dtype), jnp.asarray(by, dtype), coeffs, self.origin,
-                           self.frame, self.window)
+        pieces = [spline_pieces(n, self.degree) for n in self.values.shape]
+        maps = [jnp.asarray(m, dtype) for _, m in pieces]
+        breaks = [jnp.asarray(b, dtype) for b, _ in pieces]
+        if self.values.ndim == 2:
+            coeffs = jnp.einsum("kai,lbj,ij->klab", *maps, self.values)
+            return GridMoments(*breaks, coeffs, self.origin, self.frame, self.window)
+        coeffs = jnp.einsum("Kai,Lbj,Mck,ijk->KLMabc", *maps, self.values)
+        return GridMoments3D(tuple(breaks), coeffs, self.origin, self.frame, self.window)
 
     def interior_point(self):
         # The centre of the largest coefficient's cell (where the density is positive).
-        nx, ny = self.values.shape
-        k = jnp.argmax(self.values)
-        t = jnp.stack([(k // ny + 0.5) / nx, (k % ny + 0.5) / ny]).astype(self.values.dtype)
-        return self.origin + t @ self.frame
+        return grid_interior_point(self.values, self.origin, self.frame)
 
     def smoothed(self, amount: float) -> "SplineGrid":
         """A blurred copy: coefficients convolved with a Gaussian of standard deviation
         ``amount`` (in units of the box side), edge-extended so that the mass stays spread."""
-        nx, ny = self.values.shape
-        bx = jnp.asarray(blur_matrix(nx, float(amount) * nx), self.values.dtype)
-        by = jnp.asarray(blur_matrix(ny, float(amount) * ny), self.values.dtype)
-        return SplineGrid(bx @ self.values @ by.T, self.degree, self.origin, self.frame, self.window)
+        return SplineGrid(blur(self.values, amount), self.degree, self.origin, self.frame, self.window)
