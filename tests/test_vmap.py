@@ -95,9 +95,4 @@ def test_brief_example_pattern():
     h = 1e-5
     v = jnp.asarray(np.random.default_rng(1).standard_normal(p0.shape))
     fd = (float(loss(p0 + h * v)) - float(loss(p0 - h * v))) / (2 * h)
-    if SumOfGaussians is not None and abs(float(jnp.vdot(grad, v)) - fd) > 1e-6 * max(abs(fd), 1e-3):
-        pytest.xfail(
-            "SumOfGaussians: gradients w.r.t. the Gaussian positions are finite but off by ~2e-5 "
-            "relative here (measures/gaussians.py polar quadrature; known, open)"
-        )
     assert abs(float(jnp.vdot(grad, v)) - fd) <= 1e-6 * max(abs(fd), 1e-3)
