@@ -133,10 +133,10 @@ def test_simplex_and_facet_integrals(d):
     facets = facet(jnp.asarray(origins), jnp.asarray(np.array(shapes)[:, :d] - origins[:, None]))
     for k, (simplex, o) in enumerate(zip(shapes, origins)):
         size = np.ptp(simplex, 0).max() / 0.15  # in the smaller sigma
-        levels = int(np.clip(np.ceil(np.log2(max(size, 1))), 1, 6 if d == 2 else 2))
+        levels = int(np.clip(np.ceil(np.log2(max(size, 1))), 1, 5 if d == 2 else 2))
         if d == 2:
-            ref = _moments(*_triangle_rule(_subdivide_triangles(simplex, levels), 20), f, o)
-            ref2 = _moments(*_triangle_rule(_subdivide_triangles(simplex, levels + 1), 20), f, o)
+            ref = _moments(*_triangle_rule(_subdivide_triangles(simplex, levels), 16), f, o)
+            ref2 = _moments(*_triangle_rule(_subdivide_triangles(simplex, levels), 20), f, o)
         else:
             ref = _moments(*_tetrahedron_rule(_subdivide_tetrahedra(simplex, levels), 16), f, o)
             ref2 = _moments(*_tetrahedron_rule(_subdivide_tetrahedra(simplex, levels), 20), f, o)
@@ -159,25 +159,6 @@ def _segment_reference(seg, f):
     return np.sum(f(pts) * np.tile(w, pieces) / pieces) * np.linalg.norm(seg[1] - seg[0])
 
 
-def test_far_away_and_degenerate_simplices():
-    """Far from every centre the integrals vanish; degenerate simplices give zeros, not NaNs."""
-    for d in (2, 3):
-        g = SumOfGaussians(np.zeros((1, d)), 0.1)
-        far = RNG.uniform(0, 1, (d + 1, d)) + 5.0
-        flat = np.zeros((d + 1, d))
-        flat[:, 0] = np.linspace(-0.1, 0.1, d + 1)
-
-        @jax.jit
-        def run(far, flat):
-            moments = lambda x: g.simplex_moments(jnp.zeros(d), x)
-            return moments(far), moments(flat), jax.jacrev(lambda x: moments(x)[0])(flat)
-
-        (m0, m1, m2), out, grads = run(jnp.asarray(far), jnp.asarray(flat))
-        assert abs(float(m0)) < 1e-15 and np.abs(m1).max() < 1e-14 and np.abs(m2).max() < 1e-13
-        assert all(np.all(np.isfinite(x)) for x in (*out, grads))
-        assert abs(float(out[0])) < 1e-15
-
-
 def test_truncation_bound():
     """Mass outside the bounding box <= 1e-12 of the total (union bound over the d axes)."""
     for d in (2, 3):
@@ -192,24 +173,33 @@ def test_truncation_bound():
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_derivatives_match_identities(d):
-    r"""Autodiff through the quadrature vs exact identities: $\partial_\mu m_0 = \int (x-\mu)\rho/\sigma^2$
-    and $\partial_\sigma m_0 = \int (|x-\mu|^2/\sigma^3 - d/\sigma)\rho$, from the function's own moments."""
-    shapes = jnp.asarray(np.array(_shapes(d)))
+    r"""Autodiff through the quadrature vs exact identities, from the function's own moments:
+    $\partial_\mu m_0 = \int (x-\mu)\rho/\sigma^2$, $\partial_\sigma m_0 = \int (|x-\mu|^2/\sigma^3 - d/\sigma)\rho$.
+    Also: far from the centre everything vanishes; degenerate simplices give zeros, not NaNs."""
+    far = RNG.uniform(0, 1, (d + 1, d)) + 5.0
+    flat = np.zeros((d + 1, d))
+    flat[:, 0] = np.linspace(-0.1, 0.1, d + 1)
+    shapes = jnp.asarray(np.array(_shapes(d) + [far, flat]))
     origin = jnp.zeros(d)
-
-    def m(p, s):
-        return jax.vmap(lambda x: SumOfGaussians(p[None], s[None], jnp.ones(1)).simplex_moments(origin, x))(shapes)
 
     @jax.jit
     def run(p, s):
-        return jax.jacfwd(lambda p: m(p, s)[0])(p), jax.grad(lambda s: m(p, s)[0].sum())(s), m(p, s)
+        def m(p, s):
+            g = SumOfGaussians(p[None], s[None], jnp.ones(1))
+            out = jax.vmap(lambda x: g.simplex_moments(origin, x))(shapes)
+            return out[0], out
+
+        return jax.jacfwd(m, argnums=(0, 1), has_aux=True)(p, s)
 
     p, s = jnp.asarray(RNG.uniform(-0.1, 0.1, d)), jnp.asarray(0.3)
-    dm_dp, dm_ds, (m0, m1, m2) = run(p, s)
+    (dm_dp, dm_ds), (m0, m1, m2) = run(p, s)
+    assert all(np.all(np.isfinite(x)) for x in (dm_dp, dm_ds, m0, m1, m2))
+    assert abs(float(m0[-2])) < 1e-15 and np.abs(m1[-2]).max() < 1e-14 and np.abs(m2[-2]).max() < 1e-13
+    assert abs(float(m0[-1])) < 1e-15
     z1 = m1 - p * m0[:, None]  # first moments about mu
     z2 = jnp.trace(m2, axis1=1, axis2=2) - 2 * m1 @ p + (p @ p) * m0
     np.testing.assert_allclose(dm_dp, z1 / s**2, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(dm_ds, jnp.sum(z2 / s**3 - d * m0 / s), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dm_ds, z2 / s**3 - d * m0 / s, rtol=0, atol=1e-12)
 
 
 def test_smoothed_any_dimension():
@@ -275,19 +265,24 @@ def gradient_problem():
         plan = optimal_transport_plan(SumOfDiracs(y), g, tol=1e-12, capacities=CAPS)
         return jnp.stack([jnp.sqrt(dual_value(plan)), plan.barycenters.sum()])
 
-    return theta, jax.jit(outputs), jax.jit(jax.jacrev(outputs))
+    @jax.jit
+    def value_and_jacobian(theta):  # one compilation serves both the values and the Jacobian
+        out, pullback = jax.vjp(outputs, theta)
+        return out, jax.vmap(pullback)(jnp.eye(2, dtype=out.dtype))[0]
+
+    return theta, value_and_jacobian
 
 
 @pytest.mark.parametrize("group", ["positions", "sigmas", "weights"])
 def test_gradients_distance_and_barycenters(gradient_problem, group):
     """d(W2, sum of barycenters) / d(Gaussian positions | sigmas | weights), relative <= 1e-6."""
-    theta, forward, jac = gradient_problem
+    theta, value_and_jacobian = gradient_problem
     cols = {"positions": slice(0, 2), "sigmas": slice(2, 3), "weights": slice(3, 4)}[group]
     v = np.zeros(theta.shape)
     v[:, cols] = np.random.default_rng(len(group)).standard_normal(v[:, cols].shape)
     v = jnp.asarray(v)
     h = 1e-4
-    at = lambda t: np.asarray(forward(theta + t * v))
+    at = lambda t: np.asarray(value_and_jacobian(theta + t * v)[0])
     fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
-    auto = np.asarray(jnp.tensordot(jac(theta), v, 2))
+    auto = np.asarray(jnp.tensordot(value_and_jacobian(theta)[1], v, 2))
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-9)
