@@ -508,6 +508,7 @@ for _ax in range(3):
     for _r, (_u, _v) in enumerate([(0, 0), (1, 0), (1, 1), (0, 1)]):
         _RECT_CORNER[_ax, _r, (_ax + 1) % 3] = _u
         _RECT_CORNER[_ax, _r, (_ax + 2) % 3] = _v
+_TET_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])  # outward if det > 0
 _INIT_ALIVE = np.zeros((7, _SLOTS), bool)
 _INIT_ALIVE[:, :4] = True
 _CLOSE = np.array([[4 + q for q in range(6)]] * 4 + [[4 + q if q < 4 else _SLOTS for q in range(6)]] * 3)
@@ -540,11 +541,12 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
     v = t0 + tet  # absolute grid coordinates
     starts, ok = _window_starts(breaks, v.min(0), v.max(0), w)
 
-    # Faces of T: face f is opposite vertex f; n_cyc from its cycle, outward sign sigma.
-    opp = np.array([[i for i in range(4) if i != f] for f in range(4)])
-    tris = v[opp]  # (4, 3, 3)
+    # Faces of T: face f is opposite vertex f, its cycle counter-clockwise seen from outside
+    # when T is positively oriented; sigma = the orientation of T.  (One sign for all faces, so
+    # a flat T -- e.g. a repeated vertex -- gets faces that cancel: zero, not twice a face.)
+    tris = v[jnp.asarray(_TET_FACES)]  # (4, 3, 3)
     n_cyc = jnp.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
-    sigma = -jnp.sign(jnp.sum(n_cyc * (v - tris[:, 0]), -1))
+    sigma = jnp.broadcast_to(jnp.sign(jnp.dot(v[1] - v[0], jnp.cross(v[2] - v[0], v[3] - v[0]))), (4,))
     t_normal = sigma[:, None] * n_cyc  # T = {x : t_normal . x <= t_offset}
     t_offset = jnp.sum(t_normal * tris[:, 0], -1)
     eye = jnp.eye(3, dtype=dtype)
