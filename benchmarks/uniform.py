@@ -4,7 +4,8 @@
     python benchmarks/uniform.py --cases 2:1e4 2:1e5 3:1e3 --tol 1e-6
     python benchmarks/uniform.py --sdot-python /tmp/sdotenv/bin/python
 
-Prints one row per case: n, d, density, seconds of the solve after compilation, compile seconds
+Prints one row per case: n, d, points, seconds of the solve after compilation (wall and CPU: the
+CPU seconds stay meaningful when other work shares the machine), compile seconds
 (first call minus second), Newton iterations, diagram evaluations, CG steps per Newton step, worst
 relative mass error, peak resident memory of the process (ru_maxrss, cumulative).  With
 ``--sdot-python``, the reference library ``sdot`` is run on the same data in a subprocess after
@@ -42,9 +43,12 @@ SDOT_SCRIPT = r"""
 import sys, time, json, numpy as np, sdot
 y = np.load(sys.argv[1]); tol = float(sys.argv[2])
 d = y.shape[1]
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 plan = sdot.plan(sdot.SumOfDiracs(y), sdot.Box([0.0] * d, [1.0] * d), tol=tol)
-print(json.dumps({"seconds": time.perf_counter() - t}))
+seconds, cpu = time.perf_counter() - t, time.process_time() - c
+a = np.asarray(plan.cell_masses) if hasattr(plan, "cell_masses") else None
+err = float(np.max(np.abs(a * len(a) / a.sum() - 1))) if a is not None else float("nan")
+print(json.dumps({"seconds": seconds, "cpu": cpu, "error": err}))
 """
 
 
@@ -76,14 +80,14 @@ def ours(y: np.ndarray, tol: float):
             break
         caps = caps.grown(vertices=bool(stats.vertex_overflow), candidates=bool(stats.uncertified), n=n)
         psi0 = psi
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     psi, stats = _solve(yj, a, density, psi0, caps, tol_arr, 50, False)
     jax.block_until_ready(psi)
-    run = time.perf_counter() - t
+    run, cpu = time.perf_counter() - t, time.process_time() - c
     it = int(stats.iterations)
     steps = np.asarray(stats.linear_steps)[:it]
     return dict(
-        seconds=run, compile=sum(times) - run * len(times) if len(times) > 1 else times[0] - run,
+        seconds=run, cpu=cpu, compile=sum(times) - run * len(times) if len(times) > 1 else times[0] - run,
         iterations=it, evaluations=int(stats.evaluations), cg=steps.tolist(),
         error=float(np.min(np.asarray(stats.residuals))), status="converged" if bool(stats.converged) else Status[stats.status],
         retries=len(times) - 1, capacities=str(caps),
@@ -99,10 +103,10 @@ def sdot_run(python: str, y: np.ndarray, tol: float):
             f.write(SDOT_SCRIPT)
         try:
             out = subprocess.run([python, script, path, str(tol)], capture_output=True, text=True, timeout=3600)
-            return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+            return json.loads(out.stdout.strip().splitlines()[-1])
         except Exception as e:  # noqa: BLE001 -- report, do not hide
             print(f"  sdot failed: {e}", file=sys.stderr)
-            return float("nan")
+            return {"seconds": float("nan"), "cpu": float("nan"), "error": float("nan")}
 
 
 def main():
@@ -112,11 +116,12 @@ def main():
     p.add_argument("--sdot-python", default=None)
     args = p.parse_args()
     print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}")
-    head = "| n | d | density | s (run) | s (compile) | Newton | diagrams | CG/step | worst rel. err | peak RSS MB |"
+    head = ("| n | d | points | s (run) | CPU s | s (compile) | Newton | diagrams | CG/step | worst rel. err "
+            "| peak RSS MB |")
     if args.sdot_python:
-        head += " sdot s | ours/sdot |"
+        head += " sdot s | sdot CPU s | sdot err | ours/sdot (wall) | ours/sdot (CPU) |"
     print(head)
-    print("|" + "---|" * (head.count("|") - 1))
+    print("|" + "---|" * (head.count("|") - 1), flush=True)
     rng = np.random.default_rng(0)
     for spec in args.cases:
         parts = spec.split(":")
@@ -126,11 +131,12 @@ def main():
         r = ours(y, args.tol)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cg = "dense" if not r["cg"] or max(r["cg"]) == 0 else f"{min(r['cg'])}-{max(r['cg'])}"
-        row = (f"| {n:.0e} | {d} | {case} | {r['seconds']:.2f} | {r['compile']:.1f} | {r['iterations']} | "
-               f"{r['evaluations']} | {cg} | {r['error']:.1e} | {rss:.0f} |")
+        row = (f"| {n:.0e} | {d} | {case} | {r['seconds']:.2f} | {r['cpu']:.2f} | {r['compile']:.1f} | "
+               f"{r['iterations']} | {r['evaluations']} | {cg} | {r['error']:.1e} | {rss:.0f} |")
         if args.sdot_python:
             s = sdot_run(args.sdot_python, y, args.tol / n)  # sdot's tol: absolute, masses sum to 1
-            row += f" {s:.2f} | {r['seconds'] / s:.2f} |"
+            row += (f" {s['seconds']:.2f} | {s['cpu']:.2f} | {s['error']:.1e} | {r['seconds'] / s['seconds']:.2f} |"
+                    f" {r['cpu'] / s['cpu']:.2f} |")
         print(row, flush=True)
         if r["status"] != "converged" or r["retries"]:
             print(f"  status: {r['status']}, capacity retries {r['retries']}, {r['capacities']}", flush=True)

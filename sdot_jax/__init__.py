@@ -8,6 +8,7 @@ from .measures import AbstractDensity as AbstractDensity
 from .measures import Box as Box
 from .measures import ConvexHull as ConvexHull
 from .measures import Image as Image
+from .measures import Mesh as Mesh
 from .measures import PolynomialGrid as PolynomialGrid
 from .measures import Polytope as Polytope
 from .measures import SplineGrid as SplineGrid

@@ -2,6 +2,7 @@ from ._density import AbstractDensity as AbstractDensity
 from .box import Box as Box
 from .diracs import SumOfDiracs as SumOfDiracs
 from .gaussians import SumOfGaussians as SumOfGaussians
+from .mesh import Mesh as Mesh
 from .polynomial_grid import Image as Image
 from .polynomial_grid import PolynomialGrid as PolynomialGrid
 from .polytope import ConvexHull as ConvexHull

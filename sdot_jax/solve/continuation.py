@@ -39,6 +39,10 @@ def wanted(target) -> bool:
     concrete arrays; under ``jax.jit`` the default is off)."""
     if not hasattr(target, "smoothed"):
         return False
+    hint = getattr(target, "wants_continuation", None)  # a density that knows (e.g. Mesh)
+    hint = hint() if callable(hint) else None
+    if hint is not None:
+        return bool(hint)
     levels = _levels(target)
     if levels is None or isinstance(levels, jax.core.Tracer):
         return False

