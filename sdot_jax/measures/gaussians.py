@@ -52,6 +52,7 @@ TRUNCATION = 1e-12  # mass left outside the bounding box, relative to the total 
 _U0 = 8.5  # along an edge line, |u| > U0 (in sigmas) is integrated in closed form
 _PIECES = 6  # Gauss--Legendre pieces on [-U0, U0] clipped to the edge
 _NODES = 10  # nodes per piece
+_TINY = 1e-14  # edges shorter than this (in sigmas) are dropped: at most 1e-14 of the mass each
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
 
@@ -225,7 +226,8 @@ def _line(c, ua, ub, h=None):
         return plane
     ah = jnp.abs(h)
     kh = _k(ah)
-    r = jnp.sqrt(h * h + q)
+    r2 = h * h + q
+    r = jnp.sqrt(jnp.where(r2 > 0, r2, 1.0))  # r2 = 0 only where the integrand is masked
     safe_q = jnp.where(q > 0, q, 1.0)
     inner = h * jnp.sum(w * jnp.where(q > 0, c * (_k(r) - kh) / safe_q, 0.0))
 
@@ -245,7 +247,7 @@ def _edges(v):
     p, q = v, jnp.roll(v, -1, axis=0)
     e = q - p
     l2 = jnp.sum(e * e, -1)
-    ok = l2 > 0
+    ok = l2 > _TINY**2  # (1-ulp edges would give O(1) garbage derivatives through t = e / |e|)
     t = e / jnp.sqrt(jnp.where(ok, l2, 1.0))[:, None]
     return p, q, t, ok
 
@@ -255,7 +257,7 @@ def _segment_mass_2d(seg):
     p, q = seg
     e = q - p
     l2 = e @ e
-    ok = l2 > 0
+    ok = l2 > _TINY**2
     t = e / jnp.sqrt(jnp.where(ok, l2, 1.0))
     c = p[0] * t[1] - p[1] * t[0]
     val = jnp.exp(-c * c / 2) / math.sqrt(2 * math.pi) * _phi_interval(p @ t, q @ t)
@@ -289,7 +291,7 @@ def _triangle_3d(f, with_cone=True):
     a, b, cc = f
     nvec = jnp.cross(b - a, cc - a)
     area2 = nvec @ nvec
-    ok_f = area2 > 0
+    ok_f = area2 > _TINY**4
     n = nvec / jnp.sqrt(jnp.where(ok_f, area2, 1.0))
     h = a @ n
     p, q, t, ok = _edges(f)
