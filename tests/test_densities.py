@@ -4,13 +4,10 @@ References are independent of the code under test: numpy Sutherland--Hodgman cli
 B-spline evaluation from the definition, numpy/scipy quadrature.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate
 
 from sdot_jax import optimal_transport_plan
 from sdot_jax.measures.gaussians import SumOfGaussians
@@ -192,43 +189,7 @@ def test_window_overflow_is_not_silent():
     assert np.isnan(m0)
 
 
-# ---- Gaussians -----------------------------------------------------------------------------
-
-
-def test_gaussian_moments_and_truncation():
-    mu = np.array([[0.2, 0.3], [0.6, 0.5]])
-    sig = np.array([0.1, 0.05])
-    w = np.array([1.0, 2.0])
-    g = SumOfGaussians(mu, sig, w)
-    dens = lambda x: float(np.sum(w / (2 * np.pi * sig**2) * np.exp(-np.sum((x - mu) ** 2, -1) / (2 * sig**2))))
-
-    def ref(tri, f):
-        a, b, c = tri
-        area = abs((b - a)[0] * (c - a)[1] - (b - a)[1] * (c - a)[0])
-        g_ = lambda v, u: f(a + u * (b - a) + (1 - u) * v * (c - a)) * (1 - u) * area
-        return integrate.dblquad(g_, 0, 1, 0, 1, epsabs=1e-14, epsrel=1e-12)[0]
-
-    fn = jax.jit(lambda o, s: g.simplex_moments(o, s))
-    for scale in (0.01, 0.2, 0.6):
-        tri = random_triangle(scale, np.array([0.4, 0.4]))
-        o = np.array([0.45, 0.35])
-        m0, m1, m2 = fn(jnp.asarray(o), jnp.asarray(tri - o))
-        np.testing.assert_allclose(m0, ref(tri, dens), rtol=1e-10, atol=1e-15)
-        np.testing.assert_allclose(m1[0], ref(tri, lambda x: dens(x) * (x[0] - o[0])), rtol=1e-9, atol=1e-15)
-        np.testing.assert_allclose(m2[0, 1], ref(tri, lambda x: dens(x) * (x[0] - o[0]) * (x[1] - o[1])), rtol=1e-9, atol=1e-15)
-    p0, p1 = np.array([0.1, 0.2]), np.array([0.7, 0.6])
-    r = integrate.quad(lambda t: dens(p0 + t * (p1 - p0)), 0, 1, epsabs=1e-14)[0] * np.linalg.norm(p1 - p0)
-    np.testing.assert_allclose(g.facet_mass(jnp.asarray(p0), jnp.asarray([[0.0, 0.0], p1 - p0])), r, rtol=1e-12)
-    # truncation: mass outside the box is at most 1e-12 of the total (per-axis erfc bound)
-    lo, hi = map(np.asarray, g.bounding_box())
-    for k in range(2):
-        for a in range(2):
-            loss = 0.5 * (math.erfc((hi[a] - mu[k, a]) / (sig[k] * math.sqrt(2)))
-                          + math.erfc((mu[k, a] - lo[a]) / (sig[k] * math.sqrt(2))))
-            assert loss <= 0.5e-12  # d = 2 axes: at most 1e-12 of each component's mass
-
-
-# ---- full solves ---------------------------------------------------------------------------
+# ---- Gaussians: tests/test_gaussians.py -------------------------------------------------------
 
 
 def power_cell_masses(y, psi, density_fn, lo, hi, samples=400):

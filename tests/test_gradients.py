@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sdot_jax import Box, SumOfDiracs, optimal_transport_plan
+from sdot_jax import Box, SplineGrid, SumOfDiracs, SumOfGaussians, optimal_transport_plan
 from sdot_jax.distance import dual_value
 
 TOL = 1e-13
@@ -111,32 +111,14 @@ def test_gradients_3d_box(seed):
 
 
 
-GAUSSIAN_NAN = (
-    "SumOfGaussians.simplex_moments has NaN reverse-mode derivatives with respect to the "
-    "positions and sigmas (measures/gaussians.py); the weights are fine"
-)
-
-
 def _density_factories():
     """(name, make(params) -> density, params) for the densities with array parameters."""
     rng = np.random.default_rng(4)
-    out = []
-    try:
-        from sdot_jax.measures.spline_grid import SplineGrid
-
-        out.append(("spline_grid", lambda v: SplineGrid(v, degree=1), jnp.asarray(rng.uniform(0.5, 1.5, (4, 4)))))
-    except ImportError:
-        pass
-    try:
-        from sdot_jax.measures.gaussians import SumOfGaussians
-
-        out.append(
-            ("gaussians", lambda p: SumOfGaussians(p[:, :2], p[:, 2], p[:, 3]),
-             jnp.asarray(np.c_[rng.uniform(0.3, 0.7, (2, 2)), rng.uniform(0.2, 0.4, 2), rng.uniform(0.5, 1.5, 2)])),
-        )
-    except ImportError:
-        pass
-    return out
+    return [
+        ("spline_grid", lambda v: SplineGrid(v, degree=1), jnp.asarray(rng.uniform(0.5, 1.5, (4, 4)))),
+        ("gaussians", lambda p: SumOfGaussians(p[:, :2], p[:, 2], p[:, 3]),
+         jnp.asarray(np.c_[rng.uniform(0.3, 0.7, (2, 2)), rng.uniform(0.2, 0.4, 2), rng.uniform(0.5, 1.5, 2)])),
+    ]
 
 
 @pytest.mark.parametrize("name, make, theta", _density_factories(), ids=lambda x: x if isinstance(x, str) else "")
@@ -161,6 +143,4 @@ def test_gradients_density_parameters(name, make, theta):
     at = lambda t: np.asarray(forward(theta + t * v))
     fd = (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
     auto = np.asarray(jnp.tensordot(jac, v, theta.ndim))
-    if name == "gaussians" and np.isnan(auto).any():
-        pytest.xfail(GAUSSIAN_NAN)
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-8)
