@@ -558,9 +558,12 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
     opposite = t_normal.T < 0  # (3 axes, 4 planes): outward normals of T and of B oppose
     box_n = jnp.concatenate([-eye, eye])
     zero3 = jnp.zeros((2, 3), dtype)
-    face_n = [jnp.concatenate([jnp.broadcast_to(box_n[q], (4, 3)),
-                               jnp.broadcast_to(jnp.concatenate([t_normal, zero3])[q], (3, 3))])
-              for q in range(6)]
+    t_plane_n = jnp.concatenate([t_normal, zero3])  # (6, 3): T's 4 planes, then 2 idle
+    t_plane_o = jnp.concatenate([t_offset, jnp.zeros(2, dtype)])
+    face_n = jnp.concatenate([jnp.broadcast_to(box_n[:, None], (6, 4, 3)),
+                              jnp.broadcast_to(t_plane_n[:, None], (6, 3, 3))], 1)  # (6, 7, 3)
+    opposite_q = jnp.concatenate([opposite, jnp.ones((3, 2), bool)], 1)  # (3, 6)
+    close = jnp.asarray(_CLOSE.T)  # (6, 7)
     tri_init = jnp.concatenate([tris, tris[:, 2:]], 1)  # (a, b, c, c): a closed 4-segment chain
 
     def piece(flat):
@@ -580,15 +583,19 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
         alive = jnp.asarray(_INIT_ALIVE)
         box_o = jnp.concatenate([-lo, hi])
         t_off = jnp.concatenate([t_offset, jnp.zeros(2, dtype)])
-        keep = jnp.ones(3, bool)
-        for q in range(6):
-            po = jnp.concatenate([jnp.broadcast_to(box_o[q], (4,)), jnp.broadcast_to(t_off[q], (3,))])
-            if q < 4:
-                # A face of T in the plane of a face of B: keep the face of B only if the outward
-                # normals oppose (else the clipped face of T already counts it).
-                s_in = jnp.any(alive[4:] & ((a[4:] @ t_normal[q] - t_offset[q]) < 0), -1)
-                keep = keep & (s_in | opposite[:, q])
-            a, b, alive = jax.vmap(_clip_step)(a, b, alive, face_n[q], po, jnp.asarray(_CLOSE[:, q]))
+        step_o = jnp.concatenate([jnp.broadcast_to(box_o[:, None], (6, 4)),
+                                  jnp.broadcast_to(t_off[:, None], (6, 3))], 1)  # (6, 7)
+
+        def step(q, carry):
+            a, b, alive, keep = carry
+            # A face of T in the plane of a face of B: keep the face of B only if the outward
+            # normals oppose (else the clipped face of T already counts it).
+            s_in = jnp.any(alive[4:] & ((a[4:] @ t_plane_n[q] - t_plane_o[q]) < 0), -1)
+            keep = keep & (s_in | opposite_q[:, q] | (q >= 4))
+            a, b, alive = jax.vmap(_clip_step)(a, b, alive, face_n[q], step_o[q], close[q])
+            return a, b, alive, keep
+
+        a, b, alive, keep = jax.lax.fori_loop(0, 6, step, (a, b, alive, jnp.ones(3, bool)))
         alive = alive & jnp.concatenate([jnp.ones(4, bool), keep])[:, None]
         pts, area, o = jax.vmap(_chain_fan, (0, 0, 0, 0, None))(a, b, alive, normals, points)
         # h_F = n_out . (o - lo) / |n_out| (o lies in the face plane).
@@ -643,8 +650,8 @@ def triangle_integral(breaks, coeffs, t0, tri, window: int):
         a = jnp.concatenate([init, pad])
         b = jnp.concatenate([jnp.roll(init, -1, axis=0), pad])
         alive = jnp.asarray(_INIT_ALIVE[0])
-        for q in range(6):
-            a, b, alive = _clip_step(a, b, alive, box_n[q], box_o[q], 4 + q)
+        a, b, alive = jax.lax.fori_loop(
+            0, 6, lambda q, c: _clip_step(*c, box_n[q], box_o[q], 4 + q), (a, b, alive))
         pts, area, _ = _chain_fan(a, b, alive, n_cyc, points)
         pu, pv, pw = _powers3((pts - lo) / (hi - lo), (p1, p2, p3))
         val = jnp.einsum("sqa,sqb,sqc,abc->sq", pu, pv, pw, coeffs[ix, iy, iz])
