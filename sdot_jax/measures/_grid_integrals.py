@@ -1,4 +1,5 @@
-r"""Exact integrals of a piecewise polynomial on a rectilinear 2D grid over triangles and segments.
+r"""Exact integrals of a piecewise polynomial on a rectilinear 2D grid over triangles and segments,
+and on a 3D grid over tetrahedra and triangles (second half of this module).
 
 The density lives in *grid coordinates* $t \in [0, 1]^2$ (the box ``origin + t @ frame``); the
 square is split into pieces $[b^x_k, b^x_{k+1}] \times [b^y_l, b^y_{l+1}]$, and on each piece the
@@ -529,6 +530,24 @@ def tetrahedron_moments(breaks, coeffs, t0, tet, window: int):
     fan of triangles integrated by a collapsed Gauss rule exact for the degree, so the result is
     exact up to rounding.  (A face of $T$ lying in a face plane of $B$ is counted once: the
     face of $B$ is dropped when both have the same outward normal.)
+
+    **Cost** (static shapes: every tetrahedron pays for all ``window**3`` pieces, empty or not):
+    per piece 7 faces x 10 segment slots x Q quadrature points, Q = 4, 9, 36 for densities of
+    degree 0, 1, 3 per axis.  Measured on the 2-core CPU machine while shared (load ~5, so an
+    idle machine is ~2x faster), float64, vmapped over 2000 tetrahedra
+    (``/tmp``-style script: ``jax.vmap(tetrahedron_moments)`` on an 8^3 grid):
+
+    | degree | window | per tetrahedron | per triangle (facet) |
+    |---|---|---|---|
+    | 0 (Image) | 2 | 0.32 ms | 0.035 ms |
+    | 0 (Image) | 4 | 2.5 ms | 0.24 ms |
+    | 1 (SplineGrid default) | 4 | 6.7 ms | 0.32 ms |
+    | 3 | 2 | 5.1 ms | 0.16 ms |
+
+    i.e. ~40 us (degree 0), ~100 us (degree 1), ~640 us (degree 3) per piece per tetrahedron.
+    A 3D power cell integrates 3 x (vertex slots) tetrahedra (192 with the default 64 slots),
+    so fine 3D grids are expensive: keep ``window`` small, or use a boundary (divergence)
+    formulation, not implemented yet.  Compile: ~3 s per call site.
     """
     k1, k2, k3, p1, p2, p3 = coeffs.shape
     w = tuple(min(window, k) for k in (k1, k2, k3))
