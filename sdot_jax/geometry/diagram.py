@@ -142,9 +142,11 @@ def _violates(poly, kernel, i, y_i, psi_i, pool, y_pad, psi_pad):
     return jnp.any(bad)
 
 
-def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, exact: bool):
+def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, exact: bool, far_test=None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``exact``:
-    certify against the pool vertex by vertex, else by the lifted bound alone)."""
+    certify against the pool vertex by vertex, else by the lifted bound alone).  ``far_test(i,
+    centre, radius, power)``: whether the seeds outside the pool are excluded by the grid's
+    block bounds (`neighbours.excluded`); None: by ``reach`` alone."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -160,6 +162,12 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ex
         r = jnp.sqrt(kernel.squared_radius(poly))
         # reach and gap were measured in float32: keep a margin for their rounding.
         far = _shrink(reach, scale) >= r + jnp.sqrt(r**2 + top - psi[i])
+        if far_test is not None:
+            live = kernel.live_mask(poly)
+            mean = jnp.sum(jnp.where(live[:, None], poly.vertices, 0.0), 0) / jnp.maximum(jnp.sum(live), 1)
+            spread = jnp.max(jnp.where(live, jnp.sum((poly.vertices - mean) ** 2, -1), 0.0))
+            blocks = far_test(i, y[i] + mean, jnp.sqrt(spread), r**2 - psi[i])
+            far = far | ((reach > 0) & blocks)
         lifted_radius = jnp.sqrt(r**2 + jnp.maximum(lift - psi[i], 0.0))
         near = _shrink(gap, scale) >= jnp.sqrt(2 * lifted_radius * (lifted_radius + r))
         if exact:
@@ -184,7 +192,7 @@ def _shrink(distance, scale):
     return distance * (1 - 1e-5) - 1e-6 * scale
 
 
-def _redo(out, size: int, search, y, psi, density, capacity: int):
+def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None):
     """Recompute up to ``size`` uncertified cells with the candidates ``search(rows)`` gives
     (more than k of them); facets are compacted back into k slots (else: uncertified)."""
     mass, first, second, facets, certified, overflow, index = out
@@ -194,7 +202,7 @@ def _redo(out, size: int, search, y, psi, density, capacity: int):
     redo_ok = redo < n
     safe = jnp.where(redo_ok, redo, 0)
     found = search(safe)
-    res = _cells(safe, found, y, psi, density, capacity, exact=True)
+    res = _cells(safe, found, y, psi, density, capacity, exact=True, far_test=far_test)
     target = jnp.where(redo_ok, redo, n)
     mass, first, second, overflow = (
         old.at[target].set(new, mode="drop")
@@ -223,12 +231,15 @@ def power_diagram(
     required when ``capacities.grid`` is set."""
     n, d = y.shape
     k = capacities.candidates
+    far_test = None
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
     else:
         cand = neighbours.from_grid(y, psi, grid, k)
+        field = neighbours.far_field(grid, psi)
+        far_test = lambda i, *cell: neighbours.excluded(grid, field, grid.coords[i], *cell)  # noqa: E731
     rows = jnp.arange(n)
-    cells = functools.partial(_cells, rows, cand, y, psi, density, capacities.vertices)
+    cells = functools.partial(_cells, rows, cand, y, psi, density, capacities.vertices, far_test=far_test)
     if capacities.grid is None or d >= 3:
         out = cells(exact=True)
     else:
@@ -241,15 +252,15 @@ def power_diagram(
     mass, first, second, facets, certified, overflow = out
     index = cand.index
     # Re-search the uncertified cells with 4x more candidates and the exact test: first from the
-    # grid pool (cheap, up to `fallback` cells), then exhaustively (O(n) each, so only ~16 cells at
-    # default capacities, at any n; more as retries grow `fallback`).
+    # grid pool (cheap, up to `fallback` cells), then exhaustively (O(n) each: ~2^24 / n cells, a
+    # fixed budget of ~2^24 seed pairs per diagram, or `fallback / 8` once retries grew it).
     k2 = min(4 * k, n - 1) if n > 1 else k
     out = (mass, first, second, facets, certified, overflow, index)
     if k2 > k:
         if capacities.grid is not None:
             out = _redo(out, capacities.fallback, lambda rows: neighbours.from_grid(y, psi, grid, k2, rows=rows),
-                        y, psi, density, capacities.vertices)
-            size = min(n, max(16, capacities.fallback * 512 // n))
+                        y, psi, density, capacities.vertices, far_test)
+            size = min(n, max(capacities.fallback // 8, 2**24 // n))
         else:
             size = capacities.fallback
         out = _redo(out, size, lambda rows: neighbours.brute_force(y, psi, k2, rows=rows),

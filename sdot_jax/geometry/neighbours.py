@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 
 class Candidates(eqx.Module):
@@ -88,6 +88,73 @@ class Grid(eqx.Module):
 
     pool: Int[Array, "n p"]
     reach: Float[Array, " n"]  # every seed outside the pool is at Euclidean distance >= reach
+    coords: Int[Array, "n d"]  # grid cell of each seed
+    lo: Float[Array, " d"]  # grid cell (a, b, ...) is the box lo + size * [a, a+1] x [b, b+1] ...
+    size: Float[Array, " d"]
+    cells: int = eqx.field(static=True)  # per axis
+
+
+def coarse_factor(cells: int) -> int:
+    """Grid cells per coarse block along an axis, balancing the (g/C)^d coarse and (2C)^d fine
+    tests of `excluded`."""
+    return max(2, round(math.sqrt(cells / 2)))
+
+
+class FarField(eqx.Module):
+    """The largest weight in every grid cell and every coarse block (C^d grid cells), for
+    `excluded`.  Empty blocks hold -inf."""
+
+    fine: Float[Array, " G"]
+    coarse: Float[Array, " Gc"]
+
+
+def far_field(grid: Grid, psi: Float[Array, " n"]) -> FarField:
+    g, d = grid.cells, grid.coords.shape[1]
+    c = coarse_factor(g)
+    gc = -(-g // c)
+    fine_ids = grid.coords @ jnp.array([g**k for k in range(d)], jnp.int32)
+    fine = jax.ops.segment_max(psi, fine_ids, g**d)
+    coarse_ids = (grid.coords // c) @ jnp.array([gc**k for k in range(d)], jnp.int32)
+    coarse = jax.ops.segment_max(psi, coarse_ids, gc**d)
+    return FarField(fine, coarse)
+
+
+def excluded(grid: Grid, field: FarField, coords, centre, radius, power) -> Bool[Array, ""]:
+    r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords`` its seed's
+    grid cell).  The cell lies in the ball (``centre``, ``radius``) and its vertices have power
+    distance at most ``power`` to their own seed; a seed j in a block Q has power at least
+    $(\mathrm{dist}(centre, Q) - radius)_+^2 - \max_Q \psi$ on that ball, so Q is excluded when
+    this exceeds ``power``.  Tested against every grid cell of a window of $2^d$ coarse blocks
+    around the pool (minus the pool itself), and against every coarse block outside the window.
+    """
+    g, d = grid.cells, coords.shape[0]
+    c = coarse_factor(g)
+    gc = -(-g // c)
+    dtype = centre.dtype
+    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
+    slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
+    base = (coords - 1) // c
+
+    def ok(top, block_lo, block_hi):
+        gap = jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(block_lo - slack - centre, centre - block_hi - slack)), axis=-1)
+        near = jnp.maximum(gap - radius, 0.0)
+        margin = 64 * jnp.finfo(dtype).eps * (near**2 + jnp.abs(top) + jnp.abs(power) + radius**2)
+        return jnp.all(jnp.isneginf(top) | (near**2 - top > power + margin))
+
+    offsets = jnp.asarray(np.array(list(itertools.product(range(2 * c), repeat=d)), np.int32))
+    f = base * c + offsets
+    in_grid = jnp.all((f >= 0) & (f < g), -1)
+    in_pool = jnp.all(jnp.abs(f - coords) <= 1, -1)
+    fine_ids = jnp.clip(f, 0, g - 1) @ jnp.array([g**k for k in range(d)], jnp.int32)
+    top = jnp.where(in_grid & ~in_pool, field.fine[fine_ids], -jnp.inf)
+    fine_ok = ok(top, lo + f * size, lo + (f + 1) * size)
+
+    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
+    in_window = jnp.all((blocks - base >= 0) & (blocks - base <= 1), -1)
+    coarse_ids = blocks @ jnp.array([gc**k for k in range(d)], jnp.int32)
+    top = jnp.where(in_window, -jnp.inf, field.coarse[coarse_ids])
+    coarse_ok = ok(top, lo + blocks * c * size, lo + (blocks + 1) * c * size)
+    return fine_ok & coarse_ok
 
 
 def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[int, int]:
@@ -139,7 +206,7 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
     gap_hi = jnp.where(coords + 2 < g, block_hi - y, jnp.inf)
     reach = jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
     overfull = jnp.any(inside & (count[around_cell] > occupancy), -1)
-    return Grid(pool, jnp.where(overfull, 0.0, reach))
+    return Grid(pool, jnp.where(overfull, 0.0, reach), coords, lo, size, g)
 
 
 def from_grid(

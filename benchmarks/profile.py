@@ -1,0 +1,74 @@
+"""Time the pieces of one power diagram and one Newton linear solve (uniform Diracs, psi = 0).
+
+    python benchmarks/profile.py 2 1e4        # d, n
+
+Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
+search, clipping, integration, exact certificate, the whole diagram and a multigrid-CG solve.
+"""
+
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sdot_jax import Box  # noqa: E402
+from sdot_jax.geometry import diagram as dg, neighbours  # noqa: E402
+from sdot_jax.geometry.kernels import kernel_for  # noqa: E402
+from sdot_jax.solve import linear, multigrid  # noqa: E402
+
+
+def timeit(name, f, *args, reps=3):
+    f = jax.jit(f)
+    t = time.perf_counter()
+    out = jax.block_until_ready(f(*args))
+    compile_s = time.perf_counter() - t
+    walls, cpus = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        out = jax.block_until_ready(f(*args))
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    print(f"{name:24s} {min(walls) * 1e3:9.1f} ms wall {min(cpus) * 1e3:9.1f} ms CPU (compile {compile_s:.1f} s)",
+          flush=True)
+    return out
+
+
+def main():
+    d, n = int(sys.argv[1]), int(float(sys.argv[2]))
+    y = jnp.asarray(np.random.default_rng(0).random((n, d)))
+    psi = jnp.zeros(n)
+    density = Box().with_dim(d)
+    caps = dg.Capacities.default(n, d, np.asarray(y))
+    print(caps)
+    if caps.grid is None:
+        raise SystemExit("n <= 4096 uses the exhaustive search: profile a larger n.")
+    grid = timeit("grid build", lambda y: neighbours.build_grid(y, *caps.grid), y)
+    k, kernel = caps.candidates, kernel_for(d)
+    cand = timeit("candidates", lambda y, psi: neighbours.from_grid(y, psi, grid, k), y, psi)
+    y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
+    batch = 4096 if d == 2 else 256
+
+    def clip_all(index):
+        return jax.lax.map(lambda a: dg.clip_cell(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices),
+                           (jnp.arange(n), index), batch_size=batch)
+
+    polys = timeit("clipping", clip_all, cand.index)
+    timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
+                                                batch_size=batch), polys)
+    timeit("exact certificate", lambda p, pool: jax.lax.map(
+        lambda a: dg._violates(a[0], kernel, a[1], y[a[1]], psi[a[1]], a[2], y_pad, psi_pad),
+        (p, jnp.arange(n), pool), batch_size=batch), polys, cand.pool)
+    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)
+    print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
+    lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))
+    rhs = jnp.asarray(np.random.default_rng(1).standard_normal(n)) / n
+    _, info = timeit("multigrid-CG rtol 1e-6", lambda lap, b: linear.solve_with_info(lap, b, 1e-6), lap, rhs)
+    print("CG iterations", int(info.steps))
+
+
+if __name__ == "__main__":
+    main()
