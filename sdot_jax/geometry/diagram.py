@@ -61,7 +61,7 @@ class Capacities(eqx.Module):
         if n > 4096 and d <= 3:
             # Seeds per grid cell: the 3^d block around a seed must reach past ~2 cell radii for
             # the distance certificate (3D at 6 per cell left 65% of the cells uncertified).
-            per_cell = {1: 8.0, 2: 12.0, 3: 27.0}[d]
+            per_cell = {1: 8.0, 2: 24.0, 3: 27.0}[d]
             if y is not None:
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
