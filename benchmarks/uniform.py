@@ -44,7 +44,7 @@ import sys, time, json, numpy as np, sdot
 y = np.load(sys.argv[1]); tol = float(sys.argv[2])
 d = y.shape[1]
 t, c = time.perf_counter(), time.process_time()
-plan = sdot.plan(sdot.SumOfDiracs(y), sdot.Box([0.0] * d, [1.0] * d), tol=tol)
+plan = sdot.ot_solve(sdot.SumOfDiracs(y), sdot.Box([0.0] * d, [1.0] * d), tol=tol)
 seconds, cpu = time.perf_counter() - t, time.process_time() - c
 a = np.asarray(plan.cell_masses) if hasattr(plan, "cell_masses") else None
 err = float(np.max(np.abs(a * len(a) / a.sum() - 1))) if a is not None else float("nan")
