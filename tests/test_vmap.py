@@ -14,7 +14,7 @@ import pytest
 from sdot_jax import Box, Capacities, SumOfDiracs, optimal_transport_plan
 from sdot_jax.distance import distance
 
-B, N, D = 4, 10, 2
+B, N, D = 64, 10, 2  # the done-when: a batch of 64 equals 64 one-by-one solves
 CAPS = Capacities.default(N, D)
 
 
