@@ -94,10 +94,17 @@ class Grid(eqx.Module):
     cells: int = eqx.field(static=True)  # per axis
 
 
-def coarse_factor(cells: int) -> int:
-    """Grid cells per coarse block along an axis, balancing the (g/C)^d coarse and (2C)^d fine
-    tests of `excluded`."""
-    return max(2, round(math.sqrt(cells / 2)))
+def _coarse(cells: int) -> tuple[int, int]:
+    """(grid cells per coarse block along an axis, coarse blocks per axis), balancing the
+    (g/C)^d coarse and (2C)^d fine tests of `excluded`."""
+    c = max(2, round(math.sqrt(cells / 2)))
+    return c, -(-cells // c)
+
+
+def _flat(coords: Int[Array, "... d"], cells: int) -> Int[Array, "..."]:
+    """Flat index of grid coordinates on a ``cells^d`` grid (first axis fastest)."""
+    d = coords.shape[-1]
+    return coords @ jnp.array([cells**k for k in range(d)], jnp.int32)
 
 
 class FarField(eqx.Module):
@@ -110,12 +117,9 @@ class FarField(eqx.Module):
 
 def far_field(grid: Grid, psi: Float[Array, " n"]) -> FarField:
     g, d = grid.cells, grid.coords.shape[1]
-    c = coarse_factor(g)
-    gc = -(-g // c)
-    fine_ids = grid.coords @ jnp.array([g**k for k in range(d)], jnp.int32)
-    fine = jax.ops.segment_max(psi, fine_ids, g**d)
-    coarse_ids = (grid.coords // c) @ jnp.array([gc**k for k in range(d)], jnp.int32)
-    coarse = jax.ops.segment_max(psi, coarse_ids, gc**d)
+    c, gc = _coarse(g)
+    fine = jax.ops.segment_max(psi, _flat(grid.coords, g), g**d)
+    coarse = jax.ops.segment_max(psi, _flat(grid.coords // c, gc), gc**d)
     return FarField(fine, coarse)
 
 
@@ -128,8 +132,7 @@ def excluded(grid: Grid, field: FarField, coords, centre, radius, power) -> Bool
     around the pool (minus the pool itself), and against every coarse block outside the window.
     """
     g, d = grid.cells, coords.shape[0]
-    c = coarse_factor(g)
-    gc = -(-g // c)
+    c, gc = _coarse(g)
     dtype = centre.dtype
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
@@ -145,14 +148,12 @@ def excluded(grid: Grid, field: FarField, coords, centre, radius, power) -> Bool
     f = base * c + offsets
     in_grid = jnp.all((f >= 0) & (f < g), -1)
     in_pool = jnp.all(jnp.abs(f - coords) <= 1, -1)
-    fine_ids = jnp.clip(f, 0, g - 1) @ jnp.array([g**k for k in range(d)], jnp.int32)
-    top = jnp.where(in_grid & ~in_pool, field.fine[fine_ids], -jnp.inf)
+    top = jnp.where(in_grid & ~in_pool, field.fine[_flat(jnp.clip(f, 0, g - 1), g)], -jnp.inf)
     fine_ok = ok(top, lo + f * size, lo + (f + 1) * size)
 
     blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
     in_window = jnp.all((blocks - base >= 0) & (blocks - base <= 1), -1)
-    coarse_ids = blocks @ jnp.array([gc**k for k in range(d)], jnp.int32)
-    top = jnp.where(in_window, -jnp.inf, field.coarse[coarse_ids])
+    top = jnp.where(in_window, -jnp.inf, field.coarse[_flat(blocks, gc)])
     coarse_ok = ok(top, lo + blocks * c * size, lo + (blocks + 1) * c * size)
     return fine_ok & coarse_ok
 
@@ -182,8 +183,7 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
     lo, hi = y.min(0), y.max(0)
     size = jnp.where(hi > lo, (hi - lo) / g, 1.0)
     coords = jnp.clip(jnp.floor((y - lo) / size).astype(jnp.int32), 0, g - 1)
-    strides = jnp.array([g**k for k in range(d)], jnp.int32)
-    cell = coords @ strides
+    cell = _flat(coords, g)
     order = jnp.argsort(cell).astype(jnp.int32)
     sorted_cell = cell[order]
     all_cells = jnp.arange(g**d, dtype=jnp.int32)
@@ -193,7 +193,7 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
     offsets = jnp.array(list(itertools.product((-1, 0, 1), repeat=d)), jnp.int32)
     around = coords[:, None, :] + offsets[None]  # (n, 3^d, d)
     inside = jnp.all((around >= 0) & (around < g), -1)
-    around_cell = jnp.clip(around, 0, g - 1) @ strides
+    around_cell = _flat(jnp.clip(around, 0, g - 1), g)
     slot = jnp.arange(occupancy, dtype=jnp.int32)
     ok = inside[..., None] & (slot < count[around_cell][..., None])
     pool = jnp.where(ok, order[jnp.clip(start[around_cell][..., None] + slot, 0, n - 1)], n)
