@@ -3,12 +3,16 @@ r"""Candidate neighbours of every seed, ranked by distance in the lifted space.
 With $M \ge \psi_j$ and $h_j = \sqrt{M - \psi_j}$, the power distance
 $|x - y_j|^2 - \psi_j = |(x, 0) - (y_j, h_j)|^2 - M$ is a Euclidean distance to lifted seeds
 $\hat y_j = (y_j, h_j)$: the seeds nearest in that space are the likeliest to bound a cell, and
-the k nearest are clipped first.  Each seed lifts its own pool with $M_i$ = the largest weight in
-it (``Candidates.lift``), which keeps the heights small where the weights vary across the domain,
-and reports ``gap``, the lifted distance to the nearest pool seed that is not a candidate: the
-cell certifies itself from it (see ``diagram``).  Ranking runs in float32 (``lax.top_k`` in
-float64 is 20-40x slower on CPU) and ``gap`` carries that rounding, for which the certificate
-keeps a margin.
+the k nearest are clipped first.
+
+Each seed lifts its own pool, in its own *gauge*: adding an affine function to the weights,
+$\tilde\psi_j = \psi_j - \psi_i + 2 \langle g_i, y_j - y_i \rangle$, translates every cell by
+$-g_i$ and changes nothing else.  Optimal weights vary over the domain like an affine function
+(the cells are displaced from their seeds by a slowly varying field) plus small local wiggles;
+fitting $g_i$ to the pool by least squares leaves heights of the order of those wiggles, so that
+the ranking follows the cells' real neighbours.  Ranking runs in float32 (``lax.top_k`` in
+float64 is 20-40x slower on CPU): it only orders the clipping; the cells are certified in
+float64 (see ``diagram``).
 
 Padding uses the out-of-range index n.
 """
@@ -26,54 +30,67 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 class Candidates(eqx.Module):
-    """k candidate neighbours per seed, nearest first in the seed's lift; the seeds to check
-    each cell against (``pool``, or every seed when None); every seed outside the pool is at
-    Euclidean distance >= ``reach``; every pool seed that is not a candidate is at lifted
-    distance >= ``gap`` (float32, rounded) in the lift by ``lift`` = the pool's largest weight."""
+    """k candidate neighbours per seed, nearest first in the seed's gauge and lift; the seeds to
+    check each cell against (``pool``, or every seed when None) and where the candidates sit in
+    it (``slot``, padded with the pool's length); every seed outside the pool is at Euclidean
+    distance >= ``reach``; ``shift`` is the seed's gauge."""
 
     index: Int[Array, "n k"]
     pool: Int[Array, "n p"] | None
+    slot: Int[Array, "n k"]
     reach: Float[Array, " n"]
-    gap: Float[Array, " n"]
-    lift: Float[Array, " n"]
+    shift: Float[Array, "n d"]  # the seed's gauge g_i
 
 
-def _topk_lifted(y_i, psi_i, pool_y, pool_psi, pool_ok, k: int):
-    """For a batch of seeds ``(b, d)`` and their pools ``(b, p, ...)``: positions in the pool of
-    the k lifted-nearest seeds ``(b, k)`` and their distances, the lifted distance of the next one
-    ``(b,)`` (inf when there is none) and the lift $M_i$ ``(b,)``.  (Written on whole batches: a
+def _topk_lifted(offset, weight, ok, k: int):
+    r"""For a batch of seeds and their pools: ``offset`` $y_j - y_i$ ``(b, p, d)`` (float32),
+    ``weight`` $\tilde\psi_j - \tilde\psi_i$ ``(b, p)``, ``ok`` which pool slots hold a seed.
+    Returns the positions in the pool of the k seeds nearest in the lift by the pool's largest
+    weight ``(b, k)``, padded with p where the pool holds fewer.  (Written on whole batches: a
     vmapped version was 2x slower on CPU.)"""
-    top = jnp.maximum(psi_i, jnp.max(jnp.where(pool_ok, pool_psi, -jnp.inf), -1))
-    h_i = jnp.sqrt((top - psi_i).astype(jnp.float32))
-    h = jnp.sqrt(jnp.where(pool_ok, top[:, None] - pool_psi, 0.0).astype(jnp.float32))
-    d2 = jnp.sum((pool_y - y_i[:, None]) ** 2, -1) + (h - h_i[:, None]) ** 2
-    d2 = jnp.where(pool_ok, d2, jnp.inf)
-    m = min(k + 1, d2.shape[-1])
-    neg, pos = jax.lax.top_k(-d2, m)
-    gap = jnp.sqrt(-neg[:, k]) if m > k else jnp.full(top.shape, jnp.inf, jnp.float32)
-    return pos[:, :k], jnp.sqrt(-neg[:, :k]), gap, top
+    height2 = jnp.maximum(0.0, jnp.max(jnp.where(ok, weight, -jnp.inf), -1))
+    h_i = jnp.sqrt(height2.astype(jnp.float32))
+    h = jnp.sqrt(jnp.where(ok, height2[:, None] - weight, 0.0).astype(jnp.float32))
+    d2 = jnp.sum(offset**2, -1) + (h - h_i[:, None]) ** 2
+    d2 = jnp.where(ok, d2, jnp.inf)
+    neg, pos = jax.lax.top_k(-d2, min(k, d2.shape[-1]))
+    return _pad(jnp.where(jnp.isfinite(neg), pos, d2.shape[-1]), k, d2.shape[-1])
+
+
+def _gauge(offset, weight, ok):
+    r"""The slope $g$ ``(b, d)`` minimising $\sum_j (\psi_j - \psi_i + 2 \langle g, y_j - y_i
+    \rangle)^2$ over each pool (float32 in, float32 out: any $g$ is a valid gauge)."""
+    w = ok.astype(jnp.float32)
+    gram = jnp.einsum("bpi,bpj,bp->bij", offset, offset, w)
+    rhs = jnp.einsum("bpi,bp,bp->bi", offset, weight, w)
+    d = offset.shape[-1]
+    ridge = 1e-6 * jnp.trace(gram, axis1=-2, axis2=-1)[:, None, None] / d + jnp.finfo(jnp.float32).tiny
+    return -0.5 * jnp.linalg.solve(gram + ridge * jnp.eye(d, dtype=gram.dtype), rhs[..., None])[..., 0]
+
+
+def _batched(f, rows, size: int):
+    """``f`` over ``rows`` in blocks of ``size`` (bounded temporaries), outputs concatenated."""
+    b = min(size, rows.shape[0])
+    blocks = -(-rows.shape[0] // b)
+    padded = jnp.concatenate([rows, jnp.zeros((blocks * b - rows.shape[0],), rows.dtype)])
+    out = jax.lax.map(f, padded.reshape(blocks, b))
+    return jax.tree.map(lambda x: x.reshape((blocks * b,) + x.shape[2:])[: rows.shape[0]], out)
 
 
 def brute_force(
     y: Float[Array, "n d"], psi: Float[Array, " n"], k: int, rows: Int[Array, " b"] | None = None
 ) -> Candidates:
     """The k lifted-nearest seeds of each seed in ``rows`` (all seeds by default), in O(n) each."""
-    n = y.shape[0]
+    n, d = y.shape
     y32 = y.astype(jnp.float32)
     rows = jnp.arange(n) if rows is None else rows
-    k_eff = min(k, n)
 
     def block(i):
         ok = jnp.arange(n)[None] != i[:, None]
-        pos, dist, gap, top = _topk_lifted(y32[i], psi[i], y32[None], psi[None], ok, k_eff)
-        return _pad(jnp.where(jnp.isfinite(dist), pos, n), k, n), gap, top
+        return _topk_lifted(y32[None] - y32[i][:, None], psi[None] - psi[i][:, None], ok, k)
 
-    b = min(256, rows.shape[0])
-    blocks = -(-rows.shape[0] // b)
-    padded = jnp.concatenate([rows, jnp.zeros((blocks * b - rows.shape[0],), rows.dtype)])
-    index, gap, lift = (x.reshape((blocks * b,) + x.shape[2:])[: rows.shape[0]]
-                        for x in jax.lax.map(block, padded.reshape(blocks, b)))
-    return Candidates(index, None, jnp.full(rows.shape, jnp.inf, y.dtype), gap.astype(y.dtype), lift)
+    index = _batched(block, rows, 256)
+    return Candidates(index, None, index, jnp.full(rows.shape, jnp.inf, y.dtype), jnp.zeros((rows.shape[0], d), y.dtype))
 
 
 def _pad(index, k, n):
@@ -108,28 +125,61 @@ def _flat(coords: Int[Array, "... d"], cells: int) -> Int[Array, "..."]:
 
 
 class FarField(eqx.Module):
-    """The largest weight in every grid cell and every coarse block (C^d grid cells), for
-    `excluded`.  Empty blocks hold -inf."""
+    r"""Upper bounds of the weights over every grid cell and every coarse block (C^d grid
+    cells), for `excluded`: $\psi_j \le$ ``top`` $+ 2 \langle$ ``slope``, $y_j - c_Q \rangle$
+    (an affine bound, $c_Q$ the block's centre) and $\psi_j \le$ ``largest``, for the seeds of
+    block Q.  Empty blocks hold -inf."""
 
-    fine: Float[Array, " G"]
-    coarse: Float[Array, " Gc"]
+    fine_top: Float[Array, " G"]
+    fine_slope: Float[Array, "G d"]
+    fine_largest: Float[Array, " G"]
+    coarse_top: Float[Array, " Gc"]
+    coarse_slope: Float[Array, "Gc d"]
+    coarse_largest: Float[Array, " Gc"]
 
 
-def far_field(grid: Grid, psi: Float[Array, " n"]) -> FarField:
+def _affine_bound(y, psi, block, count: int, centre):
+    """Least-squares affine fit of ``psi`` per block, lifted by its largest residual."""
+    d = y.shape[1]
+    z = jnp.concatenate([jnp.ones_like(y[:, :1]), 2 * (y - centre[block])], 1)  # (n, d+1)
+    gram = jax.ops.segment_sum(z[:, :, None] * z[:, None, :], block, count)
+    rhs = jax.ops.segment_sum(z * psi[:, None], block, count)
+    ridge = 1e-9 * (1.0 + jnp.trace(gram, axis1=1, axis2=2))[:, None, None] * jnp.eye(d + 1, dtype=y.dtype)
+    coef = jnp.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+    residual = psi - jnp.sum(z * coef[block], 1)
+    return coef[:, 0] + jax.ops.segment_max(residual, block, count), coef[:, 1:], jax.ops.segment_max(psi, block, count)
+
+
+def far_field(grid: Grid, psi: Float[Array, " n"], y: Float[Array, "n d"]) -> FarField:
     g, d = grid.cells, grid.coords.shape[1]
     c, gc = _coarse(g)
-    fine = jax.ops.segment_max(psi, _flat(grid.coords, g), g**d)
-    coarse = jax.ops.segment_max(psi, _flat(grid.coords // c, gc), gc**d)
-    return FarField(fine, coarse)
+    lo, size = grid.lo.astype(y.dtype), grid.size.astype(y.dtype)
+    fine_centres = lo + (_unflat(g**d, g, d) + 0.5) * size
+    coarse_centres = lo + (_unflat(gc**d, gc, d) + 0.5) * c * size
+    fine = _affine_bound(y, psi, _flat(grid.coords, g), g**d, fine_centres)
+    coarse = _affine_bound(y, psi, _flat(grid.coords // c, gc), gc**d, coarse_centres)
+    return FarField(*fine, *coarse)
 
 
-def excluded(grid: Grid, field: FarField, coords, centre, radius, power) -> Bool[Array, ""]:
-    r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords`` its seed's
-    grid cell).  The cell lies in the ball (``centre``, ``radius``) and its vertices have power
-    distance at most ``power`` to their own seed; a seed j in a block Q has power at least
-    $(\mathrm{dist}(centre, Q) - radius)_+^2 - \max_Q \psi$ on that ball, so Q is excluded when
-    this exceeds ``power``.  Tested against every grid cell of a window of $2^d$ coarse blocks
-    around the pool (minus the pool itself), and against every coarse block outside the window.
+def _unflat(count: int, cells: int, d: int) -> Int[Array, "count d"]:
+    """Grid coordinates of the flat indices 0..count-1 (inverse of `_flat`)."""
+    flat = jnp.arange(count, dtype=jnp.int32)
+    return jnp.stack([(flat // cells**k) % cells for k in range(d)], -1)
+
+
+def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power) -> Bool[Array, ""]:
+    r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords``, ``seed``,
+    ``weight``: its seed's grid cell, position and weight).
+
+    In the gauge ``shift`` = $g$ (see the module docstring), seed j beats seed i at $x$ when
+    $|w - y_j|^2 - \tilde\psi_j < |w - y_i|^2$, $w = x - g$, $\tilde\psi_j = \psi_j - \psi_i +
+    2 \langle g, y_j - y_i \rangle$.  The translated cell lies in the ball (``centre`` $- g$,
+    ``radius``) and $|w - y_i|^2 \le$ ``power`` on it; over a block Q of centre $c_Q$ and
+    half-diagonal $R_Q$, $\tilde\psi_j + \psi_i - 2 \langle g, c_Q - y_i\rangle \le \min($top$_Q + 2
+    |\mathrm{slope}_Q + g| R_Q$, largest$_Q + 2 |g| R_Q)$, so Q is excluded when $(\mathrm{dist}(\text{ball centre}, Q) -
+    \text{radius})_+^2$ minus that exceeds ``power``.  Tested against every grid cell of a window
+    of $2^d$ coarse blocks around the pool (minus the pool itself), and against every coarse
+    block outside the window.
     """
     g, d = grid.cells, coords.shape[0]
     c, gc = _coarse(g)
@@ -137,24 +187,36 @@ def excluded(grid: Grid, field: FarField, coords, centre, radius, power) -> Bool
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
     base = (coords - 1) // c
+    ball = centre - shift
 
-    def ok(top, block_lo, block_hi):
-        gap = jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(block_lo - slack - centre, centre - block_hi - slack)), axis=-1)
+    def ok(top, slope, largest, block_lo, block_hi):
+        half = 0.5 * (block_hi - block_lo) + slack
+        mid = 0.5 * (block_lo + block_hi)
+        gap = jnp.linalg.norm(jnp.maximum(0.0, jnp.abs(ball - mid) - half), axis=-1)
         near = jnp.maximum(gap - radius, 0.0)
-        margin = 64 * jnp.finfo(dtype).eps * (near**2 + jnp.abs(top) + jnp.abs(power) + radius**2)
-        return jnp.all(jnp.isneginf(top) | (near**2 - top > power + margin))
+        reach = jnp.linalg.norm(half, axis=-1)
+        lifted = 2 * (mid - seed) @ shift - weight + jnp.minimum(
+            top + 2 * jnp.linalg.norm(slope + shift, axis=-1) * reach,
+            largest + 2 * jnp.linalg.norm(shift) * reach,
+        )
+        margin = 64 * jnp.finfo(dtype).eps * (near**2 + jnp.abs(top) + jnp.abs(weight) + jnp.abs(power)
+                                             + radius**2 + jnp.abs(lifted))
+        return jnp.all(jnp.isneginf(top) | (near**2 - lifted > power + margin))
 
     offsets = jnp.asarray(np.array(list(itertools.product(range(2 * c), repeat=d)), np.int32))
     f = base * c + offsets
     in_grid = jnp.all((f >= 0) & (f < g), -1)
     in_pool = jnp.all(jnp.abs(f - coords) <= 1, -1)
-    top = jnp.where(in_grid & ~in_pool, field.fine[_flat(jnp.clip(f, 0, g - 1), g)], -jnp.inf)
-    fine_ok = ok(top, lo + f * size, lo + (f + 1) * size)
+    flat = _flat(jnp.clip(f, 0, g - 1), g)
+    top = jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf)
+    fine_ok = ok(top, field.fine_slope[flat], field.fine_largest[flat], lo + f * size, lo + (f + 1) * size)
 
     blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
     in_window = jnp.all((blocks - base >= 0) & (blocks - base <= 1), -1)
-    top = jnp.where(in_window, -jnp.inf, field.coarse[_flat(blocks, gc)])
-    coarse_ok = ok(top, lo + blocks * c * size, lo + (blocks + 1) * c * size)
+    flat = _flat(blocks, gc)
+    top = jnp.where(in_window, -jnp.inf, field.coarse_top[flat])
+    coarse_ok = ok(top, field.coarse_slope[flat], field.coarse_largest[flat], lo + blocks * c * size,
+                   lo + (blocks + 1) * c * size)
     return fine_ok & coarse_ok
 
 
@@ -212,17 +274,22 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
 def from_grid(
     y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None
 ) -> Candidates:
-    """The k lifted-nearest seeds within the pool of each seed of ``rows`` (all by default)."""
-    n = y.shape[0]
-    y32 = jnp.concatenate([y.astype(jnp.float32), jnp.zeros((1, y.shape[1]), jnp.float32)])
+    """The k lifted-nearest seeds within the pool of each seed of ``rows`` (all by default), each
+    in its own fitted gauge."""
+    n, d = y.shape
+    y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
-    k_eff = min(k, grid.pool.shape[1])
+    rows = jnp.arange(n) if rows is None else rows
 
-    if rows is None:  # (slices, not gathers: this is the hot path)
-        pool, y_rows, psi_rows, reach, ids = grid.pool, y32[:n], psi, grid.reach, jnp.arange(n)
-    else:
-        pool, y_rows, psi_rows, reach, ids = grid.pool[rows], y32[rows], psi[rows], grid.reach[rows], rows
-    ok = (pool < n) & (pool != ids[:, None])
-    pos, dist, gap, lift = _topk_lifted(y_rows, psi_rows, y32[pool], psi_pad[pool], ok, k_eff)
-    index = _pad(jnp.where(jnp.isfinite(dist), jnp.take_along_axis(pool, pos, 1), n), k, n)
-    return Candidates(index, pool, reach.astype(y.dtype), gap.astype(y.dtype), lift)
+    def block(ids):
+        pool = grid.pool[ids]
+        ok = (pool < n) & (pool != ids[:, None])
+        offset = y_pad[pool] - y[ids][:, None]
+        weight = psi_pad[pool] - psi[ids][:, None]
+        offset32 = offset.astype(jnp.float32)
+        shift = _gauge(offset32, weight.astype(jnp.float32), ok).astype(y.dtype)
+        slot = _topk_lifted(offset32, weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift), ok, k)
+        return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
+
+    index, slot, shift = _batched(block, rows, 2048)
+    return Candidates(index, grid.pool[rows], slot, grid.reach[rows].astype(y.dtype), shift)
