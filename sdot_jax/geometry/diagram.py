@@ -59,8 +59,10 @@ class Capacities(eqx.Module):
             else:
                 g = max(1, math.ceil((n / per_cell) ** (1 / d)))
                 grid = (g, int(per_cell * 4 + 8))
-        # Cells per diagram that may be re-searched (~1% fail the first pass in 2D, ~6% in 3D).
-        fallback = min(n, max(64, n // 50 if d <= 2 else n // 12))
+        # Cells per diagram that may be re-searched: ~10% fail the first pass at the optimum of
+        # uniform random points in 2D (the weights' long-range wiggles defeat the far-field
+        # bound of the first ring, not the second), more during the first Newton steps.
+        fallback = min(n, max(64, n // 6))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
     def grown(self, *, vertices: bool = False, candidates: bool = False, n: int = 0) -> "Capacities":
@@ -232,28 +234,31 @@ def power_diagram(
     required when ``capacities.grid`` is set."""
     n, d = y.shape
     k = capacities.candidates
-    far_test = None
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
     else:
         cand = neighbours.from_grid(y, psi, grid, k)
         field = neighbours.far_field(grid, psi, y)
 
-        def far_test(i, shift, *cell):
-            return neighbours.excluded(grid, field, grid.coords[i], y[i], psi[i], shift, *cell)
-    out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices, far_test=far_test)
+        def far_test(ring):
+            return lambda i, shift, *cell: neighbours.excluded(
+                grid, field, grid.coords[i], y[i], psi[i], shift, *cell, ring=ring)
+    out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
+                 far_test=None if capacities.grid is None else far_test(1))
     out = out + (cand.index,)
-    # Re-search the uncertified cells with 4x more candidates: first from the grid pool (up to
-    # `fallback` cells), then exhaustively (O(n) each: ~2^24 / n cells, a fixed budget of ~2^24
-    # seed pairs per diagram, or `fallback / 8` once retries grew it).  Each stage runs only when
-    # it can help (under vmap both branches of its `lax.cond` run).
+    # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
+    # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
+    # of a proof that no seed beyond the first ring cuts them), then with 4x more exhaustively (O(n) each:
+    # ~2^24 / n cells, a fixed budget of ~2^24 seed pairs per diagram, or `fallback / 8` once
+    # retries grew it).  Each stage runs only when it can help (under vmap both branches of its
+    # `lax.cond` run).
     k2 = min(4 * k, n - 1) if n > 1 else k
     if k2 > k:
         if capacities.grid is not None:
             size = min(n, max(capacities.fallback // 8, 2**24 // n))
             out = _redo_if_needed(out, capacities.fallback,
-                                  lambda rows: neighbours.from_grid(y, psi, grid, k2, rows=rows),
-                                  y, psi, density, capacities.vertices, far_test,
+                                  lambda rows: neighbours.from_grid(y, psi, grid, 2 * k, rows=rows, ring=2),
+                                  y, psi, density, capacities.vertices, far_test(2),
                                   hopeless=capacities.fallback + size)
         else:
             size = capacities.fallback

@@ -101,14 +101,19 @@ def _pad(index, k, n):
 
 class Grid(eqx.Module):
     """Seeds bucketed in a uniform grid, and for every seed a fixed-size pool of the seeds in the
-    3^d grid cells around its own.  Built once per solve: seeds do not move during Newton."""
+    3^d grid cells around its own (ring 1; `ring_pool` gathers wider rings for the fallback).
+    Built once per solve: seeds do not move during Newton."""
 
     pool: Int[Array, "n p"]
     reach: Float[Array, " n"]  # every seed outside the pool is at Euclidean distance >= reach
     coords: Int[Array, "n d"]  # grid cell of each seed
     lo: Float[Array, " d"]  # grid cell (a, b, ...) is the box lo + size * [a, a+1] x [b, b+1] ...
     size: Float[Array, " d"]
+    order: Int[Array, " n"]  # seeds sorted by grid cell...
+    start: Int[Array, " G"]  # ... grid cell c holds order[start[c] : start[c] + count[c]]
+    count: Int[Array, " G"]
     cells: int = eqx.field(static=True)  # per axis
+    occupancy: int = eqx.field(static=True)  # pool slots per grid cell
 
 
 def _coarse(cells: int) -> tuple[int, int]:
@@ -167,7 +172,8 @@ def _unflat(count: int, cells: int, d: int) -> Int[Array, "count d"]:
     return jnp.stack([(flat // cells**k) % cells for k in range(d)], -1)
 
 
-def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power) -> Bool[Array, ""]:
+def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power, ring: int = 1
+             ) -> Bool[Array, ""]:
     r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords``, ``seed``,
     ``weight``: its seed's grid cell, position and weight).
 
@@ -178,15 +184,16 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
     half-diagonal $R_Q$, $\tilde\psi_j + \psi_i - 2 \langle g, c_Q - y_i\rangle \le \min($top$_Q + 2
     |\mathrm{slope}_Q + g| R_Q$, largest$_Q + 2 |g| R_Q)$, so Q is excluded when $(\mathrm{dist}(\text{ball centre}, Q) -
     \text{radius})_+^2$ minus that exceeds ``power``.  Tested against every grid cell of a window
-    of $2^d$ coarse blocks around the pool (minus the pool itself), and against every coarse
-    block outside the window.
+    of $W^d$ coarse blocks around the pool of ring ``ring`` (minus the pool itself), and against
+    every coarse block outside the window.
     """
     g, d = grid.cells, coords.shape[0]
     c, gc = _coarse(g)
     dtype = centre.dtype
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
-    base = (coords - 1) // c
+    window = -(-2 * ring // c) + 1  # coarse blocks per axis covering the pool
+    base = (coords - ring) // c
     ball = centre - shift
 
     def ok(top, slope, largest, block_lo, block_hi):
@@ -203,16 +210,16 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
                                              + radius**2 + jnp.abs(lifted))
         return jnp.all(jnp.isneginf(top) | (near**2 - lifted > power + margin))
 
-    offsets = jnp.asarray(np.array(list(itertools.product(range(2 * c), repeat=d)), np.int32))
+    offsets = jnp.asarray(np.array(list(itertools.product(range(window * c), repeat=d)), np.int32))
     f = base * c + offsets
     in_grid = jnp.all((f >= 0) & (f < g), -1)
-    in_pool = jnp.all(jnp.abs(f - coords) <= 1, -1)
+    in_pool = jnp.all(jnp.abs(f - coords) <= ring, -1)
     flat = _flat(jnp.clip(f, 0, g - 1), g)
     top = jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf)
     fine_ok = ok(top, field.fine_slope[flat], field.fine_largest[flat], lo + f * size, lo + (f + 1) * size)
 
     blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
-    in_window = jnp.all((blocks - base >= 0) & (blocks - base <= 1), -1)
+    in_window = jnp.all((blocks - base >= 0) & (blocks - base < window), -1)
     flat = _flat(blocks, gc)
     top = jnp.where(in_window, -jnp.inf, field.coarse_top[flat])
     coarse_ok = ok(top, field.coarse_slope[flat], field.coarse_largest[flat], lo + blocks * c * size,
@@ -233,12 +240,7 @@ def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[int, int]:
 
 
 def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> Grid:
-    """Pools of candidates from the 3^d grid cells around each seed's cell.
-
-    A grid cell holding more than ``occupancy`` seeds makes the pools that touch it incomplete:
-    their ``reach`` is 0, so the certificate fails for those cells and they are recomputed by the
-    fallback search, never silently.
-    """
+    """Bucket the seeds and gather every seed's ring-1 pool (see `ring_pool`)."""
     n, d = y.shape
     g = cells_per_axis
     y = y.astype(jnp.float32)
@@ -251,38 +253,51 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, occupancy: int) -> G
     all_cells = jnp.arange(g**d, dtype=jnp.int32)
     start = jnp.searchsorted(sorted_cell, all_cells, side="left").astype(jnp.int32)
     count = jnp.searchsorted(sorted_cell, all_cells, side="right").astype(jnp.int32) - start
+    grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, start, count,
+                g, occupancy)
+    pool, reach = ring_pool(grid, y, jnp.arange(n), 1)
+    return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (pool, reach))
 
-    offsets = jnp.array(list(itertools.product((-1, 0, 1), repeat=d)), jnp.int32)
-    around = coords[:, None, :] + offsets[None]  # (n, 3^d, d)
+
+def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Array, "b p"], Float[Array, " b"]]:
+    """The seeds of the (2 ring + 1)^d grid cells around each row's own, padded with n, and the
+    distance from the seed to the edge of that block (no seed lies beyond it; inf at the grid's
+    border).  A grid cell holding more than ``occupancy`` seeds makes the pools that touch it
+    incomplete: their reach is 0, so the certificate fails for those cells and they go to the
+    fallback search, never silently."""
+    n, d = y.shape
+    g = grid.cells
+    coords = grid.coords[rows]
+    offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
+    around = coords[:, None, :] + offsets[None]  # (b, (2 ring + 1)^d, d)
     inside = jnp.all((around >= 0) & (around < g), -1)
     around_cell = _flat(jnp.clip(around, 0, g - 1), g)
-    slot = jnp.arange(occupancy, dtype=jnp.int32)
-    ok = inside[..., None] & (slot < count[around_cell][..., None])
-    pool = jnp.where(ok, order[jnp.clip(start[around_cell][..., None] + slot, 0, n - 1)], n)
-    pool = pool.reshape(n, -1)
-
-    # Distance from each seed to the edge of the searched block; no seed lies beyond the grid.
-    block_lo = lo + (coords - 1) * size
-    block_hi = lo + (coords + 2) * size
-    gap_lo = jnp.where(coords - 1 > 0, y - block_lo, jnp.inf)
-    gap_hi = jnp.where(coords + 2 < g, block_hi - y, jnp.inf)
+    slot = jnp.arange(grid.occupancy, dtype=jnp.int32)
+    ok = inside[..., None] & (slot < grid.count[around_cell][..., None])
+    pool = jnp.where(ok, grid.order[jnp.clip(grid.start[around_cell][..., None] + slot, 0, n - 1)], n)
+    y_rows = y[rows].astype(jnp.float32)
+    block_lo = grid.lo + (coords - ring) * grid.size
+    block_hi = grid.lo + (coords + ring + 1) * grid.size
+    gap_lo = jnp.where(coords - ring > 0, y_rows - block_lo, jnp.inf)
+    gap_hi = jnp.where(coords + ring + 1 < g, block_hi - y_rows, jnp.inf)
     reach = jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
-    overfull = jnp.any(inside & (count[around_cell] > occupancy), -1)
-    return Grid(pool, jnp.where(overfull, 0.0, reach), coords, lo, size, g)
+    overfull = jnp.any(inside & (grid.count[around_cell] > grid.occupancy), -1)
+    return pool.reshape(rows.shape[0], -1), jnp.where(overfull, 0.0, reach)
 
 
 def from_grid(
-    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None
+    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None,
+    ring: int = 1,
 ) -> Candidates:
-    """The k lifted-nearest seeds within the pool of each seed of ``rows`` (all by default), each
-    in its own fitted gauge."""
+    """The k lifted-nearest seeds within the ring-``ring`` pool of each seed of ``rows`` (all by
+    default), each in its own fitted gauge."""
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
     rows = jnp.arange(n) if rows is None else rows
 
-    def block(ids):
-        pool = grid.pool[ids]
+    def block(at):
+        ids, pool = rows[at], pools[at]
         ok = (pool < n) & (pool != ids[:, None])
         offset = y_pad[pool] - y[ids][:, None]
         weight = psi_pad[pool] - psi[ids][:, None]
@@ -291,5 +306,9 @@ def from_grid(
         slot = _topk_lifted(offset32, weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift), ok, k)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
-    index, slot, shift = _batched(block, rows, 2048)
-    return Candidates(index, grid.pool[rows], slot, grid.reach[rows].astype(y.dtype), shift)
+    if ring == 1:
+        pools, reach = grid.pool[rows], grid.reach[rows]
+    else:
+        pools, reach = ring_pool(grid, y, rows, ring)
+    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), 2048)
+    return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
