@@ -35,7 +35,8 @@ class Capacities(eqx.Module):
 
     - `vertices`: vertex slots per cell.
     - `candidates`: candidate neighbours per cell (k).
-    - `fallback`: cells per diagram that may be re-searched exhaustively when not certified.
+    - `fallback`: cells per diagram that may be re-searched (from a wider grid ring, or
+      exhaustively for small n) when not certified.
     - `grid`: ``(cells per axis, seeds per grid cell)`` for the grid search, or ``None`` for the
       exhaustive search (small n).
     """
@@ -173,12 +174,14 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         certified = kernel.is_empty(poly) | (far & ~cut)
         return mass, first, second, facets, certified, poly.overflow
 
-    batch = 4096 if d <= 2 else 256
     if cand.pool is None:
         fn = lambda args: one((args[0], args[1], None) + tuple(args[3:]))  # noqa: E731
         pool = jnp.zeros((rows.shape[0], 0), jnp.int32)
     else:
         fn, pool = one, cand.pool
+    # Cells per batch: at most 4096 (2D) / 256, and ~2^24 vertex-seed pairs in the pool test.
+    tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
+    batch = max(8, min(4096 if d <= 2 else 256, 2**24 // max(tested, 1)))
     return jax.lax.map(fn, (rows, cand.index, pool, cand.slot, cand.reach, cand.shift),
                        batch_size=min(batch, rows.shape[0]))
 
@@ -248,14 +251,13 @@ def power_diagram(
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
-    # of a proof that no seed beyond the first ring cuts them), then with 4x more exhaustively (O(n) each:
-    # ~2^24 / n cells, a fixed budget of ~2^24 seed pairs per diagram, or `fallback / 8` once
-    # retries grew it).  Each stage runs only when it can help (under vmap both branches of its
-    # `lax.cond` run).
+    # of a proof that no seed beyond the first ring cuts them), then with 4x more exhaustively
+    # (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each
+    # stage runs only when it can help (under vmap both branches of its `lax.cond` run).
     k2 = min(4 * k, n - 1) if n > 1 else k
     if k2 > k:
         if capacities.grid is not None:
-            size = min(n, max(capacities.fallback // 8, 2**24 // n))
+            size = min(n, max(64, 2**24 // n))
             out = _redo_if_needed(out, capacities.fallback,
                                   lambda rows: neighbours.from_grid(y, psi, grid, 2 * k, rows=rows, ring=2),
                                   y, psi, density, capacities.vertices, far_test(2),
