@@ -17,7 +17,7 @@ from .measures.diracs import SumOfDiracs
 from .plan import TransportPlan
 from .solve import continuation as _continuation
 from .solve.implicit import optimal_weights
-from .solve.newton import Status
+from .solve.newton import Status, newton
 from .solve.start import initial_weights
 
 
@@ -65,6 +65,7 @@ def _check_distinct(y: np.ndarray) -> None:
 
 
 _solve_jit = eqx.filter_jit(optimal_weights)
+_newton_jit = eqx.filter_jit(newton)
 
 # Capacities that had to grow, remembered per problem size so that the next solve of the same
 # size starts with them (and reuses the compiled code) instead of overflowing again.
@@ -145,8 +146,13 @@ def optimal_transport_plan(
     first = capacities
 
     while True:
-        psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
-        if traced or not bool(stats.status == Status.capacity):
+        if traced:  # differentiable (implicit gradients); the diagram is recomputed below
+            psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
+            break
+        # Eager: Newton hands back its last accepted diagram, sparing a second compilation.
+        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
+        if not bool(stats.status == Status.capacity):
+            psi_out = psi_out - jnp.mean(psi_out)  # the zero-mean gauge of `optimal_weights`
             break
         # Outside jit: grow what failed and carry on from the last accepted weights.
         grown = capacities.grown(
@@ -159,7 +165,8 @@ def optimal_transport_plan(
             )
         capacities = _grown_capacities[memory_key] = grown
         psi = psi_out
-    diagram = _final_diagram(y, psi_out, density, capacities)
+    if traced:
+        diagram = _final_diagram(y, psi_out, density, capacities)
     plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
     if throw:
         if traced:

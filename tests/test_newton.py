@@ -27,7 +27,7 @@ _newton = eqx.filter_jit(newton)
 
 def test_quadratic_convergence(problem):
     y, a, density, psi0, caps = problem
-    psi, stats = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 30, False)
+    psi, stats, _ = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 30, False)
     assert stats.status == Status.converged
     res = np.asarray(stats.residuals)[: int(stats.iterations) + 1]
     assert res[-1] <= 1e-12
@@ -41,7 +41,7 @@ def test_quadratic_convergence(problem):
 
 def test_max_iterations_reported(problem):
     y, a, density, psi0, caps = problem
-    psi, stats = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 2, False)
+    psi, stats, _ = _newton(y, a, density, psi0, caps, jnp.asarray(1e-12), 2, False)
     assert stats.status == Status.max_iterations
     assert int(stats.iterations) == 2
     res = np.asarray(stats.residuals)

@@ -48,7 +48,7 @@ def _mass_function(y, density, psi, capacities, grid):
 @eqx.filter_custom_vjp
 def _weights(theta, psi0, capacities, tol, max_iter, verbose):
     y, a, density = theta
-    psi, stats = newton(y, a, density, psi0, capacities, tol, max_iter, verbose)
+    psi, stats, _ = newton(y, a, density, psi0, capacities, tol, max_iter, verbose)
     return psi - jnp.mean(psi), stats
 
 

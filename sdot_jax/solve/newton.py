@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ..geometry import neighbours
-from ..geometry.diagram import Capacities, power_diagram
+from ..geometry.diagram import Capacities, Diagram, power_diagram
 from . import linear, multigrid
 
 
@@ -68,8 +68,7 @@ class SolveStats(eqx.Module):
 class _State(eqx.Module):
     psi: Float[Array, " n"]  # last accepted weights
     mass: Float[Array, " n"]  # their normalised cell masses
-    facet_mass: Float[Array, "n k"]
-    candidates: Int[Array, "n k"]
+    diagram: Diagram  # their power diagram
     direction: Float[Array, " n"]
     t: Float[Array, ""]  # step being tried
     tries: Int[Array, ""]  # diagrams evaluated in the current line search
@@ -97,8 +96,9 @@ def newton(
     tol: Float[Array, ""],
     max_iter: int,
     verbose: bool | Callable = False,
-) -> tuple[Float[Array, " n"], SolveStats]:
+) -> tuple[Float[Array, " n"], SolveStats, Diagram]:
     """Run damped Newton from ``psi0``; ``a`` must sum to 1 (the density is normalised here).
+    Returns the last accepted weights, how the solve went and their power diagram.
 
     One ``while_loop`` evaluates one power diagram per pass (the first pass at ``psi0``, then
     every line-search trial), so the diagram is traced and compiled once.  A trial whose diagram
@@ -124,8 +124,15 @@ def newton(
     state = _State(
         psi=psi0,
         mass=jnp.zeros((n,), dtype),
-        facet_mass=jnp.zeros((n, k), dtype),
-        candidates=jnp.full((n, k), n, jnp.int32),
+        diagram=Diagram(
+            mass=jnp.zeros((n,), dtype),
+            first_moment=jnp.zeros((n, d), dtype),
+            second_moment=jnp.zeros((n, d, d), dtype),
+            facet_mass=jnp.zeros((n, k), dtype),
+            candidates=jnp.full((n, k), n, jnp.int32),
+            certified=jnp.zeros((n,), bool),
+            overflow=jnp.zeros((n,), bool),
+        ),
         direction=jnp.zeros((n,), dtype),
         t=jnp.zeros((), dtype),  # pass 0 "tries" psi0 itself and always accepts it
         tries=jnp.array(0),
@@ -189,8 +196,7 @@ def newton(
         return _State(
             psi=jnp.where(accepted, psi_t, s.psi),
             mass=jnp.where(accepted, m_t, s.mass),
-            facet_mass=jnp.where(accepted, diagram.facet_mass, s.facet_mass),
-            candidates=jnp.where(accepted, diagram.candidates, s.candidates),
+            diagram=jax.tree.map(lambda new, old: jnp.where(accepted, new, old), diagram, s.diagram),
             direction=direction,
             t=jnp.where(accepted, jnp.ones((), dtype), s.t / 2),
             tries=jnp.where(accepted, 0, tries),
@@ -215,7 +221,7 @@ def newton(
         final.uncertified,
         final.linear_steps,
     )
-    return final.psi, stats
+    return final.psi, stats, final.diagram
 
 
 def _first(*cases, default: Status) -> Status:
