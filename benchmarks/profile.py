@@ -60,7 +60,8 @@ def main():
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
                                                 batch_size=batch), polys)
     timeit("pool certificate", lambda p, pool, slot: jax.lax.map(
-        lambda a: dg._cut_by_pool(a[0], kernel, a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
+        lambda a: dg._cut_by_pool(a[0].vertices, kernel.live_mask(a[0]), jnp.sqrt(kernel.squared_radius(a[0])),
+                                  a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
         (p, jnp.arange(n), pool, slot), batch_size=batch), polys, cand.pool, cand.slot)
     diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))

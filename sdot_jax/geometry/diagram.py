@@ -115,16 +115,15 @@ def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
     return poly
 
 
-def _cut_by_pool(poly, kernel, i, y_i, psi_i, pool, slot, y_pad, psi_pad):
+def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad):
     r"""Whether a seed of ``pool`` (all seeds when None), other than the clipped candidates at
-    ``slot``, cuts the cell: at some vertex $z$ the excess $2 \langle z, \delta_j \rangle -
-    |\delta_j|^2 - \psi_i + \psi_j$ ($\delta_j = y_j - y_i$; positive: closer in power to j) is
-    positive beyond rounding."""
+    ``slot``, cuts the cell (its vertices ``verts`` where ``live``, at most ``radius`` from
+    $y_i$): at some vertex $z$ the excess $2 \langle z, \delta_j \rangle - |\delta_j|^2 - \psi_i +
+    \psi_j$ ($\delta_j = y_j - y_i$; positive: closer in power to j) is positive beyond rounding."""
     n = psi_pad.shape[0] - 1
     ys = y_pad[:n] if pool is None else y_pad[pool]
     psis = psi_pad[:n] if pool is None else psi_pad[pool]
     ids = jnp.arange(n) if pool is None else pool
-    verts, live = poly.vertices, kernel.live_mask(poly)
     delta = ys - y_i
     norm2 = jnp.sum(delta**2, -1)
     # The support function of the cell in each direction delta_j (a max, then one comparison per
@@ -133,7 +132,6 @@ def _cut_by_pool(poly, kernel, i, y_i, psi_i, pool, slot, y_pad, psi_pad):
     excess = 2 * support - norm2 - psi_i + psis
     # Rounding: delta = y_j - y_i carries an absolute error ~ eps |y|, so a vertex exactly on a
     # bisector shows an excess up to ~ eps |z| |y|, on top of the relative errors of each term.
-    radius = jnp.sqrt(jnp.max(jnp.where(live, jnp.sum(verts**2, -1), 0.0)))
     magnitude = jnp.max(jnp.abs(y_i)) + jnp.max(jnp.abs(ys), -1)
     scale = norm2 + 2 * radius * (jnp.sqrt(norm2) + magnitude) + jnp.abs(psi_i) + jnp.abs(psis)
     tol = 64 * jnp.finfo(verts.dtype).eps * scale
@@ -157,19 +155,19 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         i, idx, pool, slot, reach, shift = args
         poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
         mass, first, second, facets = kernel.integrate(poly, density, y[i], k)
+        verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
         # reach was measured in float32: keep a margin for its rounding.
         far = _shrink(reach, scale) >= r + jnp.sqrt(r**2 + top - psi[i])
         if far_test is not None:
-            live = kernel.live_mask(poly)
-            mean = jnp.sum(jnp.where(live[:, None], poly.vertices, 0.0), 0) / jnp.maximum(jnp.sum(live), 1)
-            spread = jnp.max(jnp.where(live, jnp.sum((poly.vertices - mean) ** 2, -1), 0.0))
-            gauged = jnp.max(jnp.where(live, jnp.sum((poly.vertices - shift) ** 2, -1), 0.0))
-            # Two gauges: the seed's own, and none (where its fit is poor).
-            blocks = far_test(i, shift, y[i] + mean, jnp.sqrt(spread), gauged) | far_test(
-                i, jnp.zeros_like(shift), y[i] + mean, jnp.sqrt(spread), r**2)
-            far = far | ((reach > 0) & blocks)
-        cut = _cut_by_pool(poly, kernel, i, y[i], psi[i], pool, slot, y_pad, psi_pad)
+            mean = jnp.sum(jnp.where(live[:, None], verts, 0.0), 0) / jnp.maximum(jnp.sum(live), 1)
+            spread = jnp.sqrt(jnp.max(jnp.where(live, jnp.sum((verts - mean) ** 2, -1), 0.0)))
+            # Two gauges: the seed's own, and none (where its fit is poor); in each, the power
+            # bound is the translated cell's squared radius about y_i.
+            for g in (shift, jnp.zeros_like(shift)):
+                power = jnp.max(jnp.where(live, jnp.sum((verts - g) ** 2, -1), 0.0))
+                far = far | ((reach > 0) & far_test(i, g, y[i] + mean, spread, power))
+        cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad)
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         certified = kernel.is_empty(poly) | (far & ~cut)
         return mass, first, second, facets, certified, poly.overflow

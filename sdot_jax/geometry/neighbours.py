@@ -201,10 +201,10 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
         mid = 0.5 * (block_lo + block_hi)
         gap = jnp.linalg.norm(jnp.maximum(0.0, jnp.abs(ball - mid) - half), axis=-1)
         near = jnp.maximum(gap - radius, 0.0)
-        reach = jnp.linalg.norm(half, axis=-1)
+        half_diagonal = jnp.linalg.norm(half, axis=-1)
         lifted = 2 * (mid - seed) @ shift - weight + jnp.minimum(
-            top + 2 * jnp.linalg.norm(slope + shift, axis=-1) * reach,
-            largest + 2 * jnp.linalg.norm(shift) * reach,
+            top + 2 * jnp.linalg.norm(slope + shift, axis=-1) * half_diagonal,
+            largest + 2 * jnp.linalg.norm(shift) * half_diagonal,
         )
         margin = 64 * jnp.finfo(dtype).eps * (near**2 + jnp.abs(top) + jnp.abs(weight) + jnp.abs(power)
                                              + radius**2 + jnp.abs(lifted))
@@ -294,7 +294,8 @@ def from_grid(
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
-    rows = jnp.arange(n) if rows is None else rows
+    all_rows = rows is None
+    rows = jnp.arange(n) if all_rows else rows
 
     def block(at):
         ids, pool = rows[at], pools[at]
@@ -306,7 +307,9 @@ def from_grid(
         slot = _topk_lifted(offset32, weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift), ok, k)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
-    if ring == 1:
+    if ring == 1 and all_rows:  # (the whole pool as it is, not gathered: the hot path)
+        pools, reach = grid.pool, grid.reach
+    elif ring == 1:
         pools, reach = grid.pool[rows], grid.reach[rows]
     else:
         pools, reach = ring_pool(grid, y, rows, ring)

@@ -67,7 +67,6 @@ class SolveStats(eqx.Module):
 
 class _State(eqx.Module):
     psi: Float[Array, " n"]  # last accepted weights
-    mass: Float[Array, " n"]  # their normalised cell masses
     diagram: Diagram  # their power diagram
     direction: Float[Array, " n"]
     t: Float[Array, ""]  # step being tried
@@ -123,7 +122,6 @@ def newton(
 
     state = _State(
         psi=psi0,
-        mass=jnp.zeros((n,), dtype),
         diagram=Diagram(
             mass=jnp.zeros((n,), dtype),
             first_moment=jnp.zeros((n, d), dtype),
@@ -156,7 +154,7 @@ def newton(
         uncertain = ~jnp.all(diagram.certified)
         failed = overflowed | uncertain
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
-        decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.mass - a)
+        decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.diagram.mass / total - a)
         accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
         tries = s.tries + 1
         gave_up = ~accepted & (initial | (tries >= 30))
@@ -195,7 +193,6 @@ def newton(
         step = iteration.clip(0, max_iter)
         return _State(
             psi=jnp.where(accepted, psi_t, s.psi),
-            mass=jnp.where(accepted, m_t, s.mass),
             diagram=jax.tree.map(lambda new, old: jnp.where(accepted, new, old), diagram, s.diagram),
             direction=direction,
             t=jnp.where(accepted, jnp.ones((), dtype), s.t / 2),
