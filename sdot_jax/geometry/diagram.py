@@ -19,6 +19,7 @@ were right.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -60,10 +61,12 @@ class Capacities(eqx.Module):
             else:
                 g = max(1, math.ceil((n / per_cell) ** (1 / d)))
                 grid = (g, int(per_cell * 4 + 8))
-        # Cells per diagram that may be re-searched: ~10% fail the first pass at the optimum of
-        # uniform random points in 2D (the weights' long-range wiggles defeat the far-field
-        # bound of the first ring, not the second), more during the first Newton steps.
-        fallback = min(n, max(64, n // 6))
+        # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
+        # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
+        # far-field bound of the first ring, not the second), more during the first Newton
+        # steps.  Exhaustive search: 0-3 cells of 100 uniform points fail (k = 32), and the
+        # stage costs as much as the first pass, every time under vmap.
+        fallback = min(n, max(64, n // 6) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
     def grown(self, *, vertices: bool = False, candidates: bool = False, n: int = 0) -> "Capacities":
@@ -217,11 +220,29 @@ def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None)
     return mass, first, second, facets, certified, overflow, index
 
 
-def _redo_if_needed(out, size: int, *args, hopeless: int):
-    """`_redo` when some cell is uncertified, unless more than ``hopeless`` are: then the diagram
-    stays uncertified whatever the fallbacks do, and is reported so at once."""
+def _far_test(grid, field, y, psi, ring: int):
+    """Whether the seeds outside a cell's ring-``ring`` pool are excluded (`neighbours.excluded`)."""
+    return lambda i, shift, *cell: neighbours.excluded(
+        grid, field, grid.coords[i], y[i], psi[i], shift, *cell, ring=ring)
+
+
+def _ring_stage(out, y, psi, density, grid, field, *, size: int, k: int, capacity: int):
+    """Redo up to ``size`` uncertified cells with k candidates from the ring-2 pool."""
+    search = lambda rows: neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2)  # noqa: E731
+    return _redo(out, size, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2))
+
+
+def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int):
+    """Redo up to ``size`` uncertified cells with k candidates among all seeds."""
+    search = lambda rows: neighbours.brute_force(y, psi, k, rows=rows)  # noqa: E731
+    return _redo(out, size, search, y, psi, density, capacity)
+
+
+def _redo_if_needed(stage, out, *operands, hopeless: int, cond):
+    """``stage(out, *operands)`` when some cell is uncertified, unless more than ``hopeless``
+    are: then the diagram stays uncertified whatever the fallbacks do, and is reported so at once."""
     left = jnp.sum(~out[4])
-    return jax.lax.cond((left == 0) | (left > hopeless), lambda: out, lambda: _redo(out, size, *args))
+    return cond((left > 0) & (left <= hopeless), stage, lambda out, *_: out, out, *operands)
 
 
 def power_diagram(
@@ -230,39 +251,38 @@ def power_diagram(
     density,
     capacities: Capacities,
     grid: neighbours.Grid | None = None,
+    cond=jax.lax.cond,
 ) -> Diagram:
     """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
-    required when ``capacities.grid`` is set."""
+    required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
+    `_batching.cond_any` where no reverse-mode derivative is taken: it skips them under vmap
+    when no problem of the batch needs them)."""
     n, d = y.shape
     k = capacities.candidates
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
+        out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)
     else:
         cand = neighbours.from_grid(y, psi, grid, k)
         field = neighbours.far_field(grid, psi, y)
-
-        def far_test(ring):
-            return lambda i, shift, *cell: neighbours.excluded(
-                grid, field, grid.coords[i], y[i], psi[i], shift, *cell, ring=ring)
-    out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
-                 far_test=None if capacities.grid is None else far_test(1))
+        out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
+                     far_test=_far_test(grid, field, y, psi, 1))
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
     # of a proof that no seed beyond the first ring cuts them), then with 4x more exhaustively
     # (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each
-    # stage runs only when it can help (under vmap both branches of its `lax.cond` run).
+    # stage runs only when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
     if k2 > k:
         if capacities.grid is not None:
             size = min(n, max(64, 2**24 // n))
-            out = _redo_if_needed(out, capacities.fallback,
-                                  lambda rows: neighbours.from_grid(y, psi, grid, 2 * k, rows=rows, ring=2),
-                                  y, psi, density, capacities.vertices, far_test(2),
-                                  hopeless=capacities.fallback + size)
+            stage = functools.partial(_ring_stage, size=capacities.fallback, k=2 * k, capacity=capacities.vertices)
+            out = _redo_if_needed(stage, out, y, psi, density, grid, field,
+                                  hopeless=capacities.fallback + size, cond=cond)
         else:
             size = capacities.fallback
-        out = _redo_if_needed(out, size, lambda rows: neighbours.brute_force(y, psi, k2, rows=rows),
-                              y, psi, density, capacities.vertices, hopeless=size)
+        stage = functools.partial(_exhaustive_stage, size=size, k=k2, capacity=capacities.vertices)
+        out = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
     mass, first, second, facets, certified, overflow, index = out
     return Diagram(mass, first, second, facets, index, certified, overflow)

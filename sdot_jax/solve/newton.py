@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from .._batching import cond_any
 from ..geometry import neighbours
 from ..geometry.diagram import Capacities, Diagram, power_diagram
 from . import linear, multigrid
@@ -114,12 +115,6 @@ def newton(
     k = capacities.candidates
     dtype = a.dtype
 
-    def direction_at(mass, facet_mass, candidates, err):
-        lap = linear.laplacian(facet_mass, candidates, y, total, order)
-        # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic.
-        rtol = jnp.clip(0.1 * err, 1e-13, 1e-2).astype(dtype)
-        return linear.solve_with_info(lap, a - mass, rtol)
-
     state = _State(
         psi=psi0,
         diagram=Diagram(
@@ -148,7 +143,7 @@ def newton(
     def body(s: _State) -> _State:
         initial = s.iteration < 0
         psi_t = s.psi + s.t * s.direction
-        diagram = power_diagram(y, psi_t, density, capacities, grid)
+        diagram = power_diagram(y, psi_t, density, capacities, grid, cond=cond_any)
         m_t = diagram.mass / total
         overflowed = jnp.any(diagram.overflow)
         uncertain = ~jnp.all(diagram.certified)
@@ -165,13 +160,8 @@ def newton(
         finished = converged | out_of_steps | gave_up
 
         # The next Newton direction, only when a new point was accepted and we carry on.
-        def new_direction(_):
-            return direction_at(m_t, diagram.facet_mass, diagram.candidates, err)
-
-        def keep_direction(_):
-            return s.direction, linear.SolveInfo(jnp.array(True), jnp.array(0))
-
-        direction, info = jax.lax.cond(accepted & ~finished, new_direction, keep_direction, None)
+        direction, info = cond_any(accepted & ~finished, _direction, _keep_direction, s.direction, y, a, m_t,
+                                   total, diagram.facet_mass, diagram.candidates, err, order)
         solve_failed = accepted & ~finished & ~info.ok
         status = _first(
             (gave_up & (failed | initial), Status.capacity),
@@ -219,6 +209,18 @@ def newton(
         final.linear_steps,
     )
     return final.psi, stats, final.diagram
+
+
+def _direction(old, y, a, mass, total, facet_mass, candidates, err, order):
+    """The Newton direction: solve L delta = a - m."""
+    lap = linear.laplacian(facet_mass, candidates, y, total, order)
+    # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic.
+    rtol = jnp.clip(0.1 * err, 1e-13, 1e-2).astype(a.dtype)
+    return linear.solve_with_info(lap, a - mass, rtol)
+
+
+def _keep_direction(old, *_):
+    return old, linear.SolveInfo(jnp.array(True), jnp.array(0))
 
 
 def _first(*cases, default: Status) -> Status:
