@@ -150,14 +150,14 @@ def optimal_transport_plan(
             psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
             break
         # Eager: Newton hands back its last accepted diagram, sparing a second compilation.
-        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
+        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose, True)
         if not bool(stats.status == Status.capacity):
             psi_out = psi_out - jnp.mean(psi_out)  # the zero-mean gauge of `optimal_weights`
             break
         # Outside jit: grow what failed and carry on from the last accepted weights.
-        grown = capacities.grown(
-            vertices=bool(stats.vertex_overflow), candidates=bool(stats.uncertified), n=n
-        )
+        short = bool(stats.fallback_short)
+        grown = capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short,
+                                 candidates=bool(stats.uncertified) and not short, n=n)
         if grown == capacities or grown.vertices > 4096 or grown.candidates > 8 * first.candidates:
             raise RuntimeError(
                 f"power cells could not be computed within {capacities}: the input is degenerate "

@@ -62,3 +62,19 @@ def test_jit_equals_eager(problem):
     eager = optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps)
     jitted = jax.jit(lambda y: optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps).weights)(y)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager.weights), rtol=1e-9, atol=1e-12)
+
+
+def test_short_fallback_stops_and_is_grown():
+    # Too few candidates for most cells: the fallback cannot redo them all.  Newton must stop
+    # with `fallback_short` (not crawl through tiny line-search steps), and the eager driver
+    # grow the fallback and converge.
+    n = 64
+    y = np.random.default_rng(1).random((n, 2))
+    caps = Capacities(vertices=16, candidates=5, fallback=4, grid=None)
+    density = Box().with_dim(2)
+    _, stats, _ = _newton(jnp.asarray(y), jnp.full((n,), 1.0 / n), density, initial_weights(jnp.asarray(y), density),
+                          caps, jnp.asarray(1e-12), 30, False, True)
+    assert stats.status == Status.capacity and bool(stats.fallback_short)
+    plan = optimal_transport_plan(y, Box(), tol=1e-12, capacities=caps)
+    assert plan.capacities.fallback > caps.fallback
+    np.testing.assert_allclose(np.asarray(plan.cell_masses), 1 / n, rtol=1e-12)

@@ -69,11 +69,12 @@ class Capacities(eqx.Module):
         fallback = min(n, max(64, n // 6) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
-    def grown(self, *, vertices: bool = False, candidates: bool = False, n: int = 0) -> "Capacities":
+    def grown(self, *, vertices: bool = False, candidates: bool = False, fallback: bool = False,
+              n: int = 0) -> "Capacities":
         return Capacities(
             self.vertices * 2 if vertices else self.vertices,
             min(self.candidates * 2, max(n - 1, 1)) if candidates else self.candidates,
-            min(self.fallback * 2, n) if candidates else self.fallback,
+            min(self.fallback * 2, n) if candidates or fallback else self.fallback,
             self.grid,
         )
 
@@ -88,6 +89,7 @@ class Diagram(eqx.Module):
     candidates: Int[Array, "n k"]  # padded with n
     certified: Bool[Array, " n"]
     overflow: Bool[Array, " n"]
+    short: Bool[Array, ""]  # more cells needed a fallback stage than its `Capacities.fallback`
 
 
 def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
@@ -239,10 +241,11 @@ def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int)
 
 
 def _redo_if_needed(stage, out, *operands, hopeless: int, cond):
-    """``stage(out, *operands)`` when some cell is uncertified, unless more than ``hopeless``
-    are: then the diagram stays uncertified whatever the fallbacks do, and is reported so at once."""
+    """``(stage(out, *operands), False)`` when some cell is uncertified, unless more than
+    ``hopeless`` are: then the diagram stays uncertified whatever the fallbacks do, and is
+    reported so at once, with True."""
     left = jnp.sum(~out[4])
-    return cond((left > 0) & (left <= hopeless), stage, lambda out, *_: out, out, *operands)
+    return cond((left > 0) & (left <= hopeless), stage, lambda out, *_: out, out, *operands), left > hopeless
 
 
 def power_diagram(
@@ -278,11 +281,14 @@ def power_diagram(
         if capacities.grid is not None:
             size = min(n, max(64, 2**24 // n))
             stage = functools.partial(_ring_stage, size=capacities.fallback, k=2 * k, capacity=capacities.vertices)
-            out = _redo_if_needed(stage, out, y, psi, density, grid, field,
-                                  hopeless=capacities.fallback + size, cond=cond)
+            out, short = _redo_if_needed(stage, out, y, psi, density, grid, field,
+                                         hopeless=capacities.fallback + size, cond=cond)
         else:
             size = capacities.fallback
         stage = functools.partial(_exhaustive_stage, size=size, k=k2, capacity=capacities.vertices)
-        out = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
+        out, beyond = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
+        short = beyond if capacities.grid is None else short | beyond
+    else:
+        short = jnp.array(False)
     mass, first, second, facets, certified, overflow, index = out
-    return Diagram(mass, first, second, facets, index, certified, overflow)
+    return Diagram(mass, first, second, facets, index, certified, overflow, short)

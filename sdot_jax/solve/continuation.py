@@ -3,12 +3,9 @@ r"""Continuation: solve against smoothed copies of the target first, then sharpe
 Hard targets -- zero-density regions, high contrast -- make the first Newton steps from the
 start weights take cells through wildly unbalanced diagrams.  A blurred copy of the target
 (``target.smoothed(amount)``, same type) is easy; its optimal weights are a good start for a
-less blurred copy, and so on down to the target itself:
-
-    amount_k = amount_0 / 4^k,  k = 0 .. K-1, then the exact target,
-
-every stage warm-started from the previous weights, intermediate stages solved to a loose
-tolerance (``max(tol, 1e-3)``) without raising.  Only the final solve uses the caller's ``tol``,
+less blurred copy, and so on down to the target itself (amounts from `schedule`), every stage
+warm-started from the previous weights, intermediate stages solved to a loose tolerance
+(``max(tol, 1e-3)``) without raising.  Only the final solve uses the caller's ``tol``,
 ``max_iter`` and ``throw``.
 """
 
@@ -51,15 +48,35 @@ def wanted(target) -> bool:
     return bool(low <= 0 or top / low > _CONTRAST)
 
 
+def _contrast(levels) -> float:
+    levels = np.asarray(levels)
+    top = float(levels.max())
+    return top / max(float(levels.min()), 1e-300 * top)
+
+
 def schedule(target) -> list[float]:
-    """Blur amounts (fractions of the box side), coarsest first."""
-    shape = np.shape(_levels(target)) if _levels(target) is not None else (16,)
-    finest = 0.5 / max(shape)  # half a grid cell
-    amounts = []
-    a = 0.125
-    while a > finest:
-        amounts.append(a)
-        a /= 4
+    """Blur amounts (fractions of the box side), coarsest first.
+
+    For densities with levels (pixel values, cell means): from a blur of 4 grid cells down to a
+    quarter of a cell by factors of sqrt(2), keeping a stage when its max/min contrast is at
+    least twice the last kept stage's and at most half the target's.  The contrast of a blurred image grows fast below one
+    cell (random 90:1 pixels: 7.6 at one pixel, 16 at 0.7, 44 at 0.5, 88 at 0.35), and going
+    from one pixel straight to the sharp image left Newton, at n = 1e4, a direction that
+    emptied 96% of the cells at t = 1 (steps of 2^-8).  Other densities (meshes, whose
+    continuation is for non-convex domains): from 0.125 down by factors of 4 while above half of
+    1/(number of levels)."""
+    levels = _levels(target)
+    if levels is None or np.ndim(levels) != target.dim:
+        finest = 0.5 / (np.size(levels) if levels is not None else 16)
+        return [0.125 / 4**k for k in range(8) if 0.125 / 4**k > finest]
+    cell = 1.0 / max(np.shape(levels)[: target.dim])
+    amounts, last, sharp = [], 0.0, _contrast(levels)
+    for k in range(9):  # 4 cells ... 1/4 cell
+        amount = 4 * cell * 2 ** (-k / 2)
+        contrast = _contrast(_levels(target.smoothed(amount)))
+        if 2 * last <= contrast <= sharp / 2:
+            amounts.append(amount)
+            last = contrast
     return amounts
 
 

@@ -56,6 +56,7 @@ class SolveStats(eqx.Module):
     vertex_overflow: Bool[Array, ""]  # when status is `capacity`: what failed
     uncertified: Bool[Array, ""]
     linear_steps: Int[Array, " max_iter+1"]  # CG iterations of the solve after step k (0: dense)
+    fallback_short: Bool[Array, ""]
 
     @property
     def converged(self) -> Bool[Array, ""]:
@@ -81,6 +82,7 @@ class _State(eqx.Module):
     done: Bool[Array, ""]
     vertex_overflow: Bool[Array, ""]
     uncertified: Bool[Array, ""]
+    fallback_short: Bool[Array, ""]
 
 
 def _relative_error(mass, a):
@@ -96,6 +98,7 @@ def newton(
     tol: Float[Array, ""],
     max_iter: int,
     verbose: bool | Callable = False,
+    stop_when_short: bool = False,
 ) -> tuple[Float[Array, " n"], SolveStats, Diagram]:
     """Run damped Newton from ``psi0``; ``a`` must sum to 1 (the density is normalised here).
     Returns the last accepted weights, how the solve went and their power diagram.
@@ -104,7 +107,11 @@ def newton(
     every line-search trial), so the diagram is traced and compiled once.  A trial whose diagram
     overflowed or could not be certified is rejected like a trial that does not decrease the
     error; if the line search then gives up, the status is ``capacity`` (the driver grows the
-    capacities and restarts from the last accepted weights).
+    capacities and restarts from the last accepted weights).  With ``stop_when_short``, a trial
+    with more uncertified cells than the fallback stages can redo stops the solve at once with
+    status ``capacity`` and ``fallback_short``, for the driver to grow ``Capacities.fallback``
+    (rejecting such trials shrinks the steps until the trials are easy: on hard images Newton
+    crawled at steps of 2^-8).
     """
     n, d = y.shape
     total = density.total_mass()
@@ -125,6 +132,7 @@ def newton(
             candidates=jnp.full((n, k), n, jnp.int32),
             certified=jnp.zeros((n,), bool),
             overflow=jnp.zeros((n,), bool),
+            short=jnp.array(False),
         ),
         direction=jnp.zeros((n,), dtype),
         t=jnp.zeros((), dtype),  # pass 0 "tries" psi0 itself and always accepts it
@@ -138,6 +146,7 @@ def newton(
         done=jnp.array(False),
         vertex_overflow=jnp.array(False),
         uncertified=jnp.array(False),
+        fallback_short=jnp.array(False),
     )
 
     def body(s: _State) -> _State:
@@ -152,7 +161,8 @@ def newton(
         decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.diagram.mass / total - a)
         accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
         tries = s.tries + 1
-        gave_up = ~accepted & (initial | (tries >= 30))
+        short = diagram.short & stop_when_short
+        gave_up = ~accepted & (initial | (tries >= 30) | short)
         err = _relative_error(m_t, a)
         iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
         converged = accepted & (err <= tol)
@@ -196,6 +206,7 @@ def newton(
             done=finished | solve_failed,
             vertex_overflow=jnp.where(accepted, False, s.vertex_overflow | overflowed),
             uncertified=jnp.where(accepted, False, s.uncertified | uncertain),
+            fallback_short=jnp.where(accepted, False, s.fallback_short | short),
         )
 
     final = jax.lax.while_loop(lambda s: ~s.done, body, state)
@@ -207,6 +218,7 @@ def newton(
         final.vertex_overflow,
         final.uncertified,
         final.linear_steps,
+        final.fallback_short,
     )
     return final.psi, stats, final.diagram
 
