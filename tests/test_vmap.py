@@ -96,3 +96,20 @@ def test_brief_example_pattern():
     v = jnp.asarray(np.random.default_rng(1).standard_normal(p0.shape))
     fd = (float(loss(p0 + h * v)) - float(loss(p0 - h * v))) / (2 * h)
     assert abs(float(jnp.vdot(grad, v)) - fd) <= 1e-6 * max(abs(fd), 1e-3)
+
+
+def test_cond_any_keeps_each_problems_branch():
+    """Under vmap, `cond_any` runs the expensive branch for the whole batch but keeps its result
+    only where the problem's own predicate holds (and equals lax.cond unbatched)."""
+    from sdot_jax._batching import cond_any
+
+    def f(x, c):
+        return cond_any(x[0] > 0, lambda x, c: 2 * x + c, lambda x, c: x, x, c)
+
+    xs = jnp.array([[1.0, 2.0], [-1.0, 3.0], [2.0, -1.0]])
+    expected = jnp.stack([2 * xs[0] + 1, xs[1], 2 * xs[2] + 1])
+    np.testing.assert_array_equal(jax.jit(jax.vmap(f, in_axes=(0, None)))(xs, 1.0), expected)
+    np.testing.assert_array_equal(jax.vmap(f, in_axes=(0, None))(-jnp.abs(xs), 1.0), -jnp.abs(xs))
+    np.testing.assert_array_equal(jax.vmap(jax.vmap(f), in_axes=(0, None))(jnp.stack([xs, -xs]), jnp.ones(3))[0],
+                                  expected)
+    np.testing.assert_array_equal(f(xs[1], 1.0), xs[1])
