@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdot_jax import Box, SumOfDiracs, distance, optimal_transport_plan
-from sdot_jax import Capacities
+from sdot_jax import Box, Capacities, SumOfDiracs, distance, optimal_transport_plan
 from sdot_jax.measures.polytope import ConvexHull, Polytope
 
 N2 = 16

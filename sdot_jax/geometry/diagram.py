@@ -277,6 +277,7 @@ def power_diagram(
     # (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each
     # stage runs only when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
+    short = jnp.array(False)
     if k2 > k:
         if capacities.grid is not None:
             size = min(n, max(64, 2**24 // n))
@@ -287,8 +288,6 @@ def power_diagram(
             size = capacities.fallback
         stage = functools.partial(_exhaustive_stage, size=size, k=k2, capacity=capacities.vertices)
         out, beyond = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
-        short = beyond if capacities.grid is None else short | beyond
-    else:
-        short = jnp.array(False)
+        short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
     return Diagram(mass, first, second, facets, index, certified, overflow, short)

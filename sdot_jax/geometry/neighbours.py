@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 class Candidates(eqx.Module):
-    """k candidate neighbours per seed, nearest first in power distance at its cell; the seeds to
+    """k candidate neighbours per seed, likeliest first (module docstring); the seeds to
     check each cell against (``pool``, or every seed when None) and where the candidates sit in
     it (``slot``, padded with the pool's length); every seed outside the pool is at Euclidean
     distance >= ``reach``; ``shift`` is the seed's gauge."""
@@ -49,12 +49,14 @@ class Candidates(eqx.Module):
     shift: Float[Array, "n d"]  # the seed's gauge g_i
 
 
-def _topk_nearest(offset, weight, ok, k: int):
+def _topk_nearest(offset, weight, shift, ok, k: int):
     r"""For a batch of seeds and their pools: ``offset`` $\delta_j = y_j - y_i$ ``(b, p, d)``,
-    ``weight`` $\tilde\psi_j$ ``(b, p)`` in the seed's gauge, ``ok`` which pool slots hold a seed.
-    Returns the positions in the pool of the k seeds nearest by the smaller of the two distances
-    of the module docstring, ``(b, k)``, padded with p where the pool holds fewer.  (Written on
-    whole batches: a vmapped version was 2x slower on CPU.)"""
+    ``weight`` $\psi_j - \psi_i$ ``(b, p)``, each seed's gauge ``shift`` $g_i$ ``(b, d)``, ``ok``
+    which pool slots hold a seed.  Returns the positions in the pool of the k seeds nearest by the
+    smaller of the two distances of the module docstring (in the gauge, $\tilde\psi_j = \psi_j -
+    \psi_i + 2 \langle g_i, \delta_j \rangle$), ``(b, k)``, padded with p where the pool holds
+    fewer.  (Written on whole batches: a vmapped version was 2x slower on CPU.)"""
+    weight = weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift.astype(offset.dtype)).astype(weight.dtype)
     offset, weight = offset.astype(jnp.float32), weight.astype(jnp.float32)
     height2 = jnp.maximum(0.0, jnp.max(jnp.where(ok, weight, -jnp.inf), -1))
     lift = jnp.sqrt(jnp.where(ok, height2[:, None] - weight, 0.0)) - jnp.sqrt(height2)[:, None]
@@ -86,8 +88,8 @@ def _batched(f, rows, size: int):
 def brute_force(
     y: Float[Array, "n d"], psi: Float[Array, " n"], k: int, rows: Int[Array, " b"] | None = None
 ) -> Candidates:
-    """The k nearest seeds in power distance at the cell of each seed in ``rows`` (all seeds by
-    default), in O(n) each; the gauge is fitted over the k seeds nearest to the seed."""
+    """The k candidates (ranked as in the module docstring) of each seed in ``rows`` (all seeds by
+    default) among all seeds, in O(n) each; the gauge is fitted over the k seeds nearest to it."""
     n, d = y.shape
     y32 = y.astype(jnp.float32)
     rows = jnp.arange(n) if rows is None else rows
@@ -99,8 +101,7 @@ def brute_force(
         _, near = jax.lax.top_k(jnp.where(ok, -jnp.sum(offset**2, -1), -jnp.inf), min(k, n - 1))
         shift = _gauge(jnp.take_along_axis(offset, near[..., None], 1),
                        jnp.take_along_axis(weight, near, 1).astype(jnp.float32), jnp.ones(near.shape, bool))
-        gauged = weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift).astype(weight.dtype)
-        return _topk_nearest(offset, gauged, ok, k), shift.astype(y.dtype)
+        return _topk_nearest(offset, weight, shift, ok, k), shift.astype(y.dtype)
 
     index, shift = _batched(block, rows, 256)
     return Candidates(index, None, index, jnp.full(rows.shape, jnp.inf, y.dtype), shift)
@@ -302,7 +303,7 @@ def from_grid(
     y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None,
     ring: int = 1,
 ) -> Candidates:
-    """The k nearest seeds in power distance at the cell of each seed of ``rows`` (all by
+    """The k candidates (ranked as in the module docstring) of each seed of ``rows`` (all by
     default) within its ring-``ring`` pool, each in its own gauge fitted over the pool."""
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
@@ -317,7 +318,7 @@ def from_grid(
         weight = psi_pad[pool] - psi[ids][:, None]
         offset32 = offset.astype(jnp.float32)
         shift = _gauge(offset32, weight.astype(jnp.float32), ok).astype(y.dtype)
-        slot = _topk_nearest(offset, weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift), ok, k)
+        slot = _topk_nearest(offset, weight, shift, ok, k)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
     if ring == 1 and all_rows:  # (the whole pool as it is, not gathered: the hot path)

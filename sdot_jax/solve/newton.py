@@ -223,8 +223,9 @@ def newton(
     return final.psi, stats, final.diagram
 
 
-def _direction(old, y, a, mass, total, facet_mass, candidates, err, order):
-    """The Newton direction: solve L delta = a - m."""
+def _direction(_, y, a, mass, total, facet_mass, candidates, err, order):
+    """The Newton direction: solve L delta = a - m (the first operand, the old direction, is
+    `_keep_direction`'s)."""
     lap = linear.laplacian(facet_mass, candidates, y, total, order)
     # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic.
     rtol = jnp.clip(0.1 * err, 1e-13, 1e-2).astype(a.dtype)
