@@ -142,6 +142,8 @@ def optimal_transport_plan(
         capacities = _grown_capacities.get(memory_key) or Capacities.default(
             n, d, None if traced else np.asarray(y)
         )
+    if capacities.window is None and hasattr(density, "initial_window") and not traced:
+        capacities = capacities.grown(window=density.initial_window(n))
     tol_arr = jnp.asarray(tol, dtype)
     first = capacities
 
@@ -155,6 +157,14 @@ def optimal_transport_plan(
             psi_out = psi_out - jnp.mean(psi_out)  # the zero-mean gauge of `optimal_weights`
             break
         # Outside jit: grow what failed and carry on from the last accepted weights.
+        if bool(stats.window_short):
+            grown = capacities.grown(window=min(2 * capacities.window, density.pieces_per_axis()))
+            if grown == capacities:
+                raise RuntimeError("non-finite cell masses with the whole grid as window: the "
+                                   "density or the Diracs hold non-finite values.")
+            capacities = _grown_capacities[memory_key] = grown
+            psi = psi_out
+            continue
         short = bool(stats.fallback_short)
         grown = capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short,
                                  candidates=bool(stats.uncertified) and not short, n=n)

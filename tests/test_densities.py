@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdot_jax import optimal_transport_plan
+from sdot_jax import Capacities, optimal_transport_plan
+from sdot_jax.geometry.diagram import power_diagram
 from sdot_jax.measures.gaussians import SumOfGaussians
 from sdot_jax.measures.polynomial_grid import Image, PolynomialGrid
 from sdot_jax.measures.spline_grid import SplineGrid
@@ -187,6 +188,41 @@ def test_window_overflow_is_not_silent():
     image = Image(RNG.random((32, 32)), window=2)
     m0, _, _ = image.simplex_moments(jnp.zeros(2), jnp.array([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]))
     assert np.isnan(m0)
+
+
+def test_image_polygon_moments_match_the_triangle_fan():
+    """The one-pass boundary integral of a whole polygon against the sum over a fan of triangles
+    (each triangle integrated on its own), in a skewed frame."""
+    rng = np.random.default_rng(7)
+    image = Image(0.1 + rng.random((7, 5)), origin=[0.2, -0.1], frame=[[1.3, 0.2], [0.1, 0.9]])
+    for _ in range(5):
+        angles = np.sort(rng.random(6)) * 2 * np.pi
+        verts = (0.2 + 0.3 * rng.random()) * np.stack([np.cos(angles), np.sin(angles)], -1)
+        origin = jnp.asarray([0.7, 0.4] + 0.1 * rng.standard_normal(2))
+        padded = jnp.zeros((10, 2)).at[:6].set(verts)
+        m0, m1, m2, edges = image.polygon_moments(origin, padded, jnp.arange(10) < 6)
+        fan = [image.simplex_moments(origin, jnp.asarray([verts.mean(0), verts[k], verts[(k + 1) % 6]]))
+               for k in range(6)]
+        for got, ref in zip((m0, m1, m2), zip(*fan)):
+            np.testing.assert_allclose(got, sum(ref), rtol=1e-13, atol=1e-15)
+        for k in range(6):
+            ref = image.facet_mass(origin, jnp.asarray([verts[k], verts[(k + 1) % 6]]))
+            np.testing.assert_allclose(edges[k], ref, rtol=1e-13)
+        np.testing.assert_array_equal(edges[6:], 0.0)
+
+
+def test_a_window_too_small_is_grown_by_the_solver():
+    """Cells spanning more pixels than `Capacities.window` give NaN masses; an eager solve grows
+    the window and converges, to masses that the whole-grid window confirms."""
+    rng = np.random.default_rng(5)
+    values = np.where(rng.random((16, 16)) < 0.5, 1.0, 20.0)
+    y = rng.random((40, 2))
+    start = Capacities.default(40, 2).grown(window=2)
+    plan = optimal_transport_plan(y, Image(values), capacities=start, tol=1e-10, continuation=False)
+    assert plan.capacities.window > 2
+    whole = Capacities.default(40, 2)  # window None: the image's own, the whole grid
+    mass = power_diagram(jnp.asarray(y), plan.weights, Image(values), whole).mass
+    np.testing.assert_allclose(mass / mass.sum(), np.full(40, 1 / 40), rtol=1e-9)
 
 
 # ---- Gaussians: tests/test_gaussians.py -------------------------------------------------------

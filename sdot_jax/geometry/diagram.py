@@ -40,12 +40,17 @@ class Capacities(eqx.Module):
       exhaustively for small n) when not certified.
     - `grid`: ``(cells per axis, seeds per grid cell)`` for the grid search, or ``None`` for the
       exhaustive search (small n).
+    - `window`: for grid densities (`Image`, `SplineGrid`, `PolynomialGrid`), the grid pieces per
+      axis that one cell may span (their integrals cost O(window) per edge in 2D, more for
+      higher degrees and in 3D); ``None``: the density's own ``window``.  A cell that spans more
+      gets NaN moments, never a truncated integral.
     """
 
     vertices: int = eqx.field(static=True)
     candidates: int = eqx.field(static=True)
     fallback: int = eqx.field(static=True)
     grid: tuple[int, int] | None = eqx.field(static=True)
+    window: int | None = eqx.field(static=True, default=None)
 
     @staticmethod
     def default(n: int, d: int, y=None) -> "Capacities":
@@ -70,12 +75,14 @@ class Capacities(eqx.Module):
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
     def grown(self, *, vertices: bool = False, candidates: bool = False, fallback: bool = False,
-              n: int = 0) -> "Capacities":
+              n: int = 0, window: int | None = None) -> "Capacities":
+        """Doubled where asked (``window``: the new window, when it must change)."""
         return Capacities(
             self.vertices * 2 if vertices else self.vertices,
             min(self.candidates * 2, max(n - 1, 1)) if candidates else self.candidates,
             min(self.fallback * 2, n) if candidates or fallback else self.fallback,
             self.grid,
+            self.window if window is None else window,
         )
 
 
@@ -262,6 +269,8 @@ def power_diagram(
     when no problem of the batch needs them)."""
     n, d = y.shape
     k = capacities.candidates
+    if capacities.window is not None and hasattr(density, "with_window"):
+        density = density.with_window(capacities.window)
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)

@@ -72,8 +72,9 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
 
 
 def integrate(poly: Polygon, density, origin: Float[Array, " 2"], num_facets: int):
-    """Moments of ``density`` over the polygon (a fan of triangles from the vertex mean) and the
-    density's line integral over each edge, summed per plane id ``0 .. num_facets - 1``.
+    """Moments of ``density`` over the polygon (by its ``polygon_moments`` where it has one, else
+    over a fan of triangles from the vertex mean) and the density's line integral over each edge,
+    summed per plane id ``0 .. num_facets - 1``.
 
     The polygon's vertices are relative to ``origin``; so are the returned moments.
     """
@@ -81,6 +82,12 @@ def integrate(poly: Polygon, density, origin: Float[Array, " 2"], num_facets: in
     capacity = vertices.shape[0]
     idx = jnp.arange(capacity)
     live = idx < count
+    boundary = getattr(density, "polygon_moments", None)
+    moments = boundary(origin, vertices, live) if boundary is not None else None
+    if moments is not None:  # one pass over the boundary (piecewise-constant images)
+        mass, first, second, edge_mass = moments
+        return mass, first, second, jax.ops.segment_sum(jnp.where(live, edge_mass, 0.0),
+                                                        jnp.where(live, planes, -1), num_facets)
     centre = jnp.sum(jnp.where(live[:, None], vertices, 0.0), 0) / jnp.maximum(count, 1)
     following = vertices[(idx + 1) % jnp.maximum(count, 1)]
     triangles = jnp.stack([jnp.broadcast_to(centre, vertices.shape), vertices, following], axis=1)

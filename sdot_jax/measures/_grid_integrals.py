@@ -22,7 +22,7 @@ integrated with Gauss--Legendre, exact for the degree.
 from __future__ import annotations
 
 import abc
-
+import copy
 import functools
 import math
 
@@ -258,8 +258,8 @@ class GridMoments(eqx.Module):
         t0 = (origin - self.origin) @ finv
         tri = simplex @ finv
         if self.coeffs.shape[2:] == (1, 1):
-            m0, m1, m2, ok = triangle_moments_constant(
-                self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, tri, self.window)
+            m0, m1, m2, _, ok = polygon_moments_constant(
+                self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, tri, jnp.ones(3, bool), self.window)
         else:
             m0, m1, m2, ok = triangle_moments(
                 self.breaks_x, self.breaks_y, self.coeffs, t0, tri, self.window)
@@ -268,6 +268,25 @@ class GridMoments(eqx.Module):
         m0 = jnp.where(ok, m0, jnp.nan)
         f = self.frame
         return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f)
+
+    def polygon_moments(self, origin, vertices, live):
+        """Moments about ``origin`` of the polygon ``origin + vertices[live]`` (in order) and the
+        density's line integral along each edge k -> k+1, for piecewise-constant grids (one
+        boundary pass; see `polygon_moments_constant`); None for higher degrees."""
+        if self.coeffs.shape[2:] != (1, 1):
+            return None
+        finv = jnp.linalg.inv(self.frame)
+        jac = jnp.abs(jnp.linalg.det(self.frame))
+        t0 = (origin - self.origin) @ finv
+        m0, m1, m2, mean, ok = polygon_moments_constant(
+            self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, vertices @ finv, live, self.window)
+        m0 = jnp.where(ok, m0, jnp.nan)  # see `simplex_moments`
+        f = self.frame
+        following = jnp.roll(vertices, -1, axis=0)
+        count = jnp.sum(live)
+        following = jnp.where((jnp.arange(live.shape[0]) == count - 1)[:, None], vertices[0], following)
+        length = jnp.sqrt(jnp.sum((following - vertices) ** 2, -1))
+        return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f), length * mean
 
     def facet_mass(self, origin, facet):
         finv = jnp.linalg.inv(self.frame)
@@ -326,24 +345,36 @@ def grid_interior_point(levels, origin, frame):
     return origin + t @ frame
 
 
-def triangle_moments_constant(breaks_x, breaks_y, values, t0, tri, window: int):
-    r"""Exact moments of a piecewise-constant grid function over a triangle by Green's theorem.
+def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, live, window: int):
+    r"""Exact moments of a piecewise-constant grid function over a convex polygon by Green's theorem,
+    and its line integral along each edge.
 
-    With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$ (from the window's left edge $X_0$; any
-    base works since $\oint c(y)\,dy = 0$ on a closed curve), and $x, y$ relative to ``t0``:
+    ``verts (V, 2)``: the polygon's vertices relative to ``t0`` in order (either orientation),
+    ``live (V,)`` the first ``count`` of them.  With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$
+    (from the window's left edge $X_0$; any base works since $\oint c(y)\,dy = 0$ on a closed
+    curve), and $x, y$ relative to ``t0``:
 
-    $$\int_T x^a y^b f = \oint_{\partial T} y^b F_a(x, y)\, dy \quad (a + b \le 2),$$
+    $$\int_P x^a y^b f = \oint_{\partial P} y^b F_a(x, y)\, dy \quad (a + b \le 2),$$
 
     the boundary taken counter-clockwise.  Each edge is split where it crosses the window's grid
-    lines; on each piece $y^b F_a$ is a cubic in the edge parameter, integrated exactly by
-    2-point Gauss--Legendre.  Cost: O(window) per edge instead of O(window^2) clipped pieces.
+    lines; on each piece $f$ is constant and $y^b F_a$ a cubic in the edge parameter, integrated
+    exactly by 2-point Gauss--Legendre.  The same pieces give $\int_0^1 f(p_0 + \lambda (p_1 -
+    p_0))\, d\lambda$ per edge.  Cost: O(V x window) per polygon, plus a window x window prefix
+    table.
+
+    Returns ``(m0, m1 (2,), m2 (2, 2), edge (V,), ok)``: moments about ``t0``, the mean of $f$
+    along edge k -> k+1 (0 on dead slots), and whether the polygon fits the window.
     """
     kx, ky = values.shape
     wx, wy = min(window, kx), min(window, ky)
-    dtype = tri.dtype
-    tmin, tmax = t0 + tri.min(0), t0 + tri.max(0)
-    sx, okx = _window_start(breaks_x, tmin[0], tmax[0], wx)
-    sy, oky = _window_start(breaks_y, tmin[1], tmax[1], wy)
+    dtype = verts.dtype
+    cap = verts.shape[0]
+    count = jnp.sum(live)
+    following = verts[(jnp.arange(cap) + 1) % jnp.maximum(count, 1)]
+    lo = t0 + jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
+    hi = t0 + jnp.max(jnp.where(live[:, None], verts, -jnp.inf), 0)
+    sx, okx = _window_start(breaks_x, lo[0], hi[0], wx)
+    sy, oky = _window_start(breaks_y, lo[1], hi[1], wy)
     xs = jax.lax.dynamic_slice(breaks_x, (sx,), (wx + 1,)) - t0[0]
     ys = jax.lax.dynamic_slice(breaks_y, (sy,), (wy + 1,)) - t0[1]
     val = jax.lax.dynamic_slice(values, (sx, sy), (wx, wy))
@@ -386,15 +417,16 @@ def triangle_moments_constant(breaks_x, breaks_y, values, t0, tri, window: int):
         return jnp.stack([
             jnp.sum(wdy * f0), jnp.sum(wdy * f1), jnp.sum(wdy * y * f0),
             jnp.sum(wdy * f2), jnp.sum(wdy * y * f1), jnp.sum(wdy * y * y * f0),
-        ])
+        ]), jnp.sum((b - a) * f)
 
-    e = jax.vmap(edge)(tri, jnp.roll(tri, -1, axis=0)).sum(0)
-    d1, d2 = tri[1] - tri[0], tri[2] - tri[0]
-    sign = jnp.sign(d1[0] * d2[1] - d1[1] * d2[0])
-    e = sign * e
+    green, mean = jax.vmap(edge)(verts, following)
+    e = jnp.sum(jnp.where(live[:, None], green, 0.0), 0)
+    # Orientation from the shoelace area (f may vanish on the whole polygon).
+    area2 = jnp.sum(jnp.where(live, verts[:, 0] * following[:, 1] - verts[:, 1] * following[:, 0], 0.0))
+    e = jnp.sign(area2) * e
     m1 = jnp.stack([e[1], e[2]])
     m2 = jnp.stack([jnp.stack([e[3], e[4]]), jnp.stack([e[4], e[5]])])
-    return e[0], m1, m2, okx & oky
+    return e[0], m1, m2, jnp.where(live, mean, 0.0), okx & oky
 
 
 class AbstractGridDensity(AbstractDensity):
@@ -408,6 +440,24 @@ class AbstractGridDensity(AbstractDensity):
     @abc.abstractmethod
     def _grid(self) -> "GridMoments | GridMoments3D":
         """The piecewise-polynomial description of the density."""
+
+    def pieces_per_axis(self) -> int:
+        """The most grid pieces along one axis (the largest useful ``window``)."""
+        grid = self._grid()
+        breaks = grid.breaks if hasattr(grid, "breaks") else (grid.breaks_x, grid.breaks_y)
+        return max(b.shape[0] - 1 for b in breaks)
+
+    def with_window(self, window: int) -> "AbstractGridDensity":
+        """The same density with another ``window`` (at most `pieces_per_axis`)."""
+        out = copy.copy(self)
+        object.__setattr__(out, "window", min(int(window), self.pieces_per_axis()))
+        return out
+
+    def initial_window(self, n: int) -> int:
+        """A window for ``n`` Diracs: 4 x the pieces per axis of an average cell, plus one (the
+        solver doubles it whenever a cell spans more)."""
+        pieces = self.pieces_per_axis()
+        return min(pieces, max(2, math.ceil(4 * pieces / n ** (1 / self.dim)) + 1))
 
     def bounding_box(self):
         return Box(self.origin, self.frame).bounding_box()
@@ -423,6 +473,11 @@ class AbstractGridDensity(AbstractDensity):
 
     def facet_mass(self, origin, facet):
         return self._grid().facet_mass(origin, facet)
+
+    def polygon_moments(self, origin, vertices, live):
+        """2D: moments and edge integrals of a whole polygon at once, or None (`GridMoments`)."""
+        grid = self._grid()
+        return grid.polygon_moments(origin, vertices, live) if hasattr(grid, "polygon_moments") else None
 
     def density_at(self, x):
         """$\\rho$ at points ``x (..., d)``."""

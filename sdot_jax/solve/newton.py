@@ -57,6 +57,7 @@ class SolveStats(eqx.Module):
     uncertified: Bool[Array, ""]
     linear_steps: Int[Array, " max_iter+1"]  # CG iterations of the solve after step k (0: dense)
     fallback_short: Bool[Array, ""]
+    window_short: Bool[Array, ""]  # a cell spanned more grid pieces than the density's window
 
     @property
     def converged(self) -> Bool[Array, ""]:
@@ -83,6 +84,7 @@ class _State(eqx.Module):
     vertex_overflow: Bool[Array, ""]
     uncertified: Bool[Array, ""]
     fallback_short: Bool[Array, ""]
+    window_short: Bool[Array, ""]
 
 
 def _relative_error(mass, a):
@@ -111,10 +113,13 @@ def newton(
     with more uncertified cells than the fallback stages can redo stops the solve at once with
     status ``capacity`` and ``fallback_short``, for the driver to grow ``Capacities.fallback``
     (rejecting such trials shrinks the steps until the trials are easy: on hard images Newton
-    crawled at steps of 2^-8).
+    crawled at steps of 2^-8).  Likewise, for grid densities, a trial whose masses are not
+    finite (a cell spanning more grid pieces than the density's ``window``) stops the solve with
+    ``window_short``, for the driver to grow ``Capacities.window``.
     """
     n, d = y.shape
     total = density.total_mass()
+    stop_on_nan = stop_when_short and hasattr(density, "with_window")
     grid = None
     if capacities.grid is not None:
         grid = neighbours.build_grid(y, *capacities.grid)
@@ -147,6 +152,7 @@ def newton(
         vertex_overflow=jnp.array(False),
         uncertified=jnp.array(False),
         fallback_short=jnp.array(False),
+        window_short=jnp.array(False),
     )
 
     def body(s: _State) -> _State:
@@ -156,13 +162,14 @@ def newton(
         m_t = diagram.mass / total
         overflowed = jnp.any(diagram.overflow)
         uncertain = ~jnp.all(diagram.certified)
-        failed = overflowed | uncertain
+        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan
+        failed = overflowed | uncertain | window_short
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.diagram.mass / total - a)
         accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
         tries = s.tries + 1
         short = diagram.short & stop_when_short
-        gave_up = ~accepted & (initial | (tries >= 30) | short)
+        gave_up = ~accepted & (initial | (tries >= 30) | short | window_short)
         err = _relative_error(m_t, a)
         iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
         converged = accepted & (err <= tol)
@@ -207,6 +214,7 @@ def newton(
             vertex_overflow=jnp.where(accepted, False, s.vertex_overflow | overflowed),
             uncertified=jnp.where(accepted, False, s.uncertified | uncertain),
             fallback_short=jnp.where(accepted, False, s.fallback_short | short),
+            window_short=jnp.where(accepted, False, s.window_short | window_short),
         )
 
     final = jax.lax.while_loop(lambda s: ~s.done, body, state)
@@ -219,6 +227,7 @@ def newton(
         final.uncertified,
         final.linear_steps,
         final.fallback_short,
+        final.window_short,
     )
     return final.psi, stats, final.diagram
 
