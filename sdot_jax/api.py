@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import equinox as eqx
@@ -116,12 +115,16 @@ def optimal_transport_plan(
     diracs, density = _split(source, target)
     if continuation is None:
         continuation = _continuation.wanted(density)
+    options = dict(tol=tol, max_iter=max_iter, weights=weights, verbose=verbose,
+                   capacities=capacities, throw=throw)
     if continuation:
-        options = dict(tol=tol, max_iter=max_iter, weights=weights, verbose=verbose,
-                       capacities=capacities, throw=throw)
-        return _continuation.solve_with_continuation(
-            functools.partial(optimal_transport_plan, continuation=False), diracs, density, **options
-        )
+        return _continuation.solve_with_continuation(_solve, diracs, density, **options)
+    return _solve(diracs, density, **options)
+
+
+def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weights, verbose,
+           capacities, throw, hessian_density=None) -> TransportPlan:
+    """`optimal_transport_plan` without continuation (``hessian_density``: see `newton`)."""
     y = diracs.positions
     n, d = y.shape
     a = diracs.masses / jnp.sum(diracs.masses)
@@ -152,7 +155,8 @@ def optimal_transport_plan(
             psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
             break
         # Eager: Newton hands back its last accepted diagram, sparing a second compilation.
-        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose, True)
+        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose, True,
+                                              hessian_density)
         if not bool(stats.status == Status.capacity):
             psi_out = psi_out - jnp.mean(psi_out)  # the zero-mean gauge of `optimal_weights`
             break

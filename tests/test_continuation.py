@@ -1,9 +1,12 @@
 """Continuation: automatic choice and a hard image solved through smoothed copies."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdot_jax import Box, optimal_transport_plan
+from sdot_jax import Box, Capacities, SumOfDiracs, optimal_transport_plan
+from sdot_jax.api import _solve
+from sdot_jax.geometry.diagram import power_diagram
 from sdot_jax.measures.gaussians import SumOfGaussians
 from sdot_jax.measures.polynomial_grid import Image
 from sdot_jax.measures.spline_grid import SplineGrid
@@ -38,3 +41,21 @@ def test_image_with_zero_pixels_converges():
     plan = optimal_transport_plan(y, Image(values), tol=1e-10)  # continuation chosen automatically
     assert bool(plan.stats.converged)
     np.testing.assert_allclose(plan.cell_masses, 1 / 100, rtol=1e-9)
+
+
+def test_smoothed_hessian_changes_the_path_not_the_solution():
+    """From the optimum of a blurred 90:1 image, Newton on the sharp image with the blurred
+    image's Laplacian for its first directions takes another path to the same weights; the
+    final masses are checked against an independent power diagram of the returned weights."""
+    rng = np.random.default_rng(1)
+    values = np.where(rng.random((8, 8)) < 0.5, 1.0, 90.0)
+    y = rng.random((60, 2))
+    image, blurred = Image(values), Image(values).smoothed(0.06)
+    start = optimal_transport_plan(y, blurred, tol=1e-10).weights
+    options = dict(tol=1e-11, max_iter=50, weights=start, verbose=False, capacities=None, throw=True)
+    plain = _solve(SumOfDiracs(y), image, **options)
+    smoothed = _solve(SumOfDiracs(y), image, hessian_density=blurred, **options)
+    assert not np.allclose(plain.stats.residuals[1], smoothed.stats.residuals[1])
+    np.testing.assert_allclose(smoothed.weights, plain.weights, atol=1e-9 * np.ptp(np.asarray(plain.weights)))
+    mass = power_diagram(jnp.asarray(y), smoothed.weights, image, Capacities.default(60, 2)).mass
+    np.testing.assert_allclose(mass / image.total_mass(), 1 / 60, rtol=1e-10)

@@ -42,6 +42,8 @@ class PolynomialGrid(AbstractGridDensity):
       overlap (static buffer size; a larger one gets NaN moments, so the solve fails rather than
       being wrong).  Default: all of them up to 8 in 2D (clipping costs O(window^2) per
       triangle), up to 4 in 3D (O(window^3) per tetrahedron).
+      Outside ``jax.jit`` the solver sizes it from the number of Diracs and doubles it
+      whenever a cell spans more (`Capacities.window`).
 
     Integrals are exact (clipping against the grid cells, exact quadrature per piece).
     """
@@ -101,10 +103,11 @@ class Image(AbstractGridDensity):
 
     Same placement as `SplineGrid` (pixel $(i, j)$ covers $t \in [i/n_x, (i+1)/n_x] \times
     [j/n_y, (j+1)/n_y]$); equal to ``SplineGrid(values, degree=0)`` and to a `PolynomialGrid` of
-    degree 0.  ``window``: see `PolynomialGrid`; in 2D the integrals are boundary (Green)
-    integrals costing O(window) per edge, and the default is the whole grid up to 64 pixels per
-    axis; in 3D every tetrahedron is clipped against O(window^3) voxels, default up to 4 per
-    axis.  Integrals are exact.
+    degree 0.  ``window``: see `PolynomialGrid`; in 2D a cell's integrals are one boundary
+    (Green) pass costing O(window) per edge, and the default is the whole grid up to 64 pixels
+    per axis; in 3D every tetrahedron is clipped against O(window^3) voxels, default up to 4 per
+    axis.  Outside ``jax.jit`` the solver sizes the window from the number of Diracs and doubles
+    it when a cell spans more (`Capacities.window`).  Integrals are exact.
     """
 
     values: Float[Array, "nx ny"] | Float[Array, "nx ny nz"]

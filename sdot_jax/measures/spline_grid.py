@@ -65,6 +65,8 @@ class SplineGrid(AbstractGridDensity):
     - `window`: how many grid pieces per axis one triangle (2D) / tetrahedron (3D) of a power
       cell may overlap (a static buffer size; a larger one gets NaN moments, so the solve fails
       instead of being wrong).  Default: all of them up to 8 in 2D, up to 4 in 3D.
+      Outside ``jax.jit`` the solver sizes it from the number of Diracs and doubles it
+      whenever a cell spans more (`Capacities.window`).
 
     Integrals are exact (piecewise polynomials clipped against the grid).  The density is
     normalised by the solver (``total_mass``).  Cost in 3D: every tetrahedron is clipped

@@ -83,16 +83,20 @@ def schedule(target) -> list[float]:
 def solve_with_continuation(solve, source, target, *, tol=None, max_iter=50, weights=None,
                             verbose=False, capacities=None, throw=True):
     """Solve a sequence of smoothed targets, each warm-starting the next; ``solve`` is
-    ``optimal_transport_plan`` without continuation."""
-    psi = weights
+    ``optimal_transport_plan`` without continuation, taking ``hessian_density``: every stage
+    after the first takes its first Newton directions from the previous stage's Laplacian (see
+    `sdot_jax.solve.newton.newton`)."""
+    psi, previous = weights, None
     loose = 1e-3 if tol is None else max(float(tol), 1e-3)
     for amount in schedule(target):
-        plan = solve(source, target.smoothed(amount), tol=loose, max_iter=max_iter, weights=psi,
-                     verbose=verbose, capacities=capacities, throw=False)
+        stage = target.smoothed(amount)
+        plan = solve(source, stage, tol=loose, max_iter=max_iter, weights=psi, verbose=verbose,
+                     capacities=capacities, throw=False, hessian_density=previous)
         if bool(np.all(np.isfinite(np.asarray(plan.weights)))):
             psi = plan.weights
+        previous = stage
         if verbose:
             print(f"continuation: amount {amount:.3g}, {int(plan.stats.iterations)} Newton steps, "
                   f"error {float(plan.stats.error):.2e}")
     return solve(source, target, tol=tol, max_iter=max_iter, weights=psi, verbose=verbose,
-                 capacities=capacities, throw=throw)
+                 capacities=capacities, throw=throw, hessian_density=previous)
