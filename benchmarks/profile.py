@@ -1,6 +1,7 @@
 """Time the pieces of one power diagram and one Newton linear solve (uniform Diracs, psi = 0).
 
-    python benchmarks/profile.py 2 1e4        # d, n
+    python benchmarks/profile.py 2 1e4              # d, n
+    python benchmarks/profile.py 2 1e4 image 4      # a 32x32 image of 90:1 contrast, window 4
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping, integration, pool certificate, the whole diagram and a multigrid-CG solve.
@@ -15,7 +16,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdot_jax import Box  # noqa: E402
+from sdot_jax import Box, Image  # noqa: E402
 from sdot_jax.geometry import diagram as dg, neighbours  # noqa: E402
 from sdot_jax.geometry.kernels import kernel_for  # noqa: E402
 from sdot_jax.solve import linear, multigrid  # noqa: E402
@@ -43,6 +44,11 @@ def main():
     psi = jnp.zeros(n)
     density = Box().with_dim(d)
     caps = dg.Capacities.default(n, d, np.asarray(y))
+    if len(sys.argv) > 3 and sys.argv[3] == "image":  # pixels 1 or 90 at random (issue 4's hard image)
+        density = Image(np.where(np.random.default_rng(0).random((32, 32)) < 0.5, 1.0, 90.0))
+        window = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        caps = dg.Capacities(caps.vertices, caps.candidates, caps.fallback, caps.grid, window)
+        density = density if window is None else density.with_window(window)
     print(caps)
     if caps.grid is None:
         raise SystemExit("n <= 4096 uses the exhaustive search: profile a larger n.")

@@ -89,6 +89,7 @@ class _State(eqx.Module):
 
 
 SMOOTHED_HESSIAN_UNTIL = 1e-2  # rms relative mass error below which the true Hessian is used
+GROW_BELOW_STEP = 1 / 8  # see `newton`'s stop_when_short
 SMOOTHED_MIN_STEP = 1 / 8  # a smoothed direction not accepted down to this t gives way to the true one
 
 
@@ -116,8 +117,9 @@ def newton(
     overflowed or could not be certified is rejected like a trial that does not decrease the
     error; if the line search then gives up, the status is ``capacity`` (the driver grows the
     capacities and restarts from the last accepted weights).  With ``stop_when_short``, a trial
-    with more uncertified cells than the fallback stages can redo stops the solve at once with
-    status ``capacity`` and ``fallback_short``, for the driver to grow ``Capacities.fallback``
+    with more uncertified cells than the fallback stages can redo (at the first pass, or at a
+    step t <= ``GROW_BELOW_STEP``: longer trials are more likely wild ones, rejected anyway)
+    stops the solve at once with status ``capacity`` and ``fallback_short``, for the driver to grow ``Capacities.fallback``
     (rejecting such trials shrinks the steps until the trials are easy: on hard images Newton
     crawled at steps of 2^-8).  Likewise, for grid densities, a trial whose masses are not
     finite (a cell spanning more grid pieces than the density's ``window``) stops the solve with
@@ -179,13 +181,16 @@ def newton(
         m_t = diagram.mass / total
         overflowed = jnp.any(diagram.overflow)
         uncertain = ~jnp.all(diagram.certified)
-        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan
+        # A trial at a long step that is short of fallback or window is most likely a wild one
+        # that the line search rejects anyway: stop to grow capacities only from GROW_BELOW_STEP.
+        may_grow = initial | (s.t <= GROW_BELOW_STEP)
+        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan & may_grow
         failed = overflowed | uncertain | window_short
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.diagram.mass / total - a)
         accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
         tries = s.tries + 1
-        short = diagram.short & stop_when_short
+        short = diagram.short & stop_when_short & may_grow
         gave_up = ~accepted & (initial | (tries >= 30) | short | window_short)
         err = _relative_error(m_t, a)
         iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
