@@ -108,7 +108,8 @@ def optimal_transport_plan(
     - `throw`: raise `NotConvergedError` when the solve does not converge (the default);
       otherwise return the partial plan, whose ``stats.status`` says what happened.
     - `continuation`: solve against smoothed copies of the target first, then sharpen (reliable
-      on targets with zero-density regions or high contrast).  ``None`` decides from the target.
+      on targets with zero-density regions or high contrast); each stage takes its first Newton
+      directions from the previous stage's Laplacian.  ``None`` decides from the target.
 
     **Returns:** a `TransportPlan`.
     """
