@@ -191,17 +191,23 @@ def test_window_overflow_is_not_silent():
 
 
 def test_image_polygon_moments_match_the_triangle_fan():
-    """The one-pass boundary integral of a whole polygon against the sum over a fan of triangles
-    (each triangle integrated on its own), in a skewed frame."""
+    """The one-pass boundary integral of a whole polygon against the sum over a fan of triangles,
+    each clipped against the pixels (the same image as a `PolynomialGrid` with a zero linear
+    term, which takes the clipping path, not the Green one), in a skewed frame."""
     rng = np.random.default_rng(7)
-    image = Image(0.1 + rng.random((7, 5)), origin=[0.2, -0.1], frame=[[1.3, 0.2], [0.1, 0.9]])
+    values = 0.1 + rng.random((7, 5))
+    frame = dict(origin=[0.2, -0.1], frame=[[1.3, 0.2], [0.1, 0.9]])
+    image = Image(values, **frame)
+    clipped = PolynomialGrid(np.stack([values, np.zeros_like(values)], -1)[..., None], **frame)
     for _ in range(5):
         angles = np.sort(rng.random(6)) * 2 * np.pi
         verts = (0.2 + 0.3 * rng.random()) * np.stack([np.cos(angles), np.sin(angles)], -1)
         origin = jnp.asarray([0.7, 0.4] + 0.1 * rng.standard_normal(2))
         padded = jnp.zeros((10, 2)).at[:6].set(verts)
-        m0, m1, m2, edges = image.polygon_moments(origin, padded, jnp.arange(10) < 6)
-        fan = [image.simplex_moments(origin, jnp.asarray([verts.mean(0), verts[k], verts[(k + 1) % 6]]))
+        live = jnp.arange(10) < 6
+        following = padded[(jnp.arange(10) + 1) % 6]
+        m0, m1, m2, edges = image.polygon_moments(origin, padded, following, live)
+        fan = [clipped.simplex_moments(origin, jnp.asarray([verts.mean(0), verts[k], verts[(k + 1) % 6]]))
                for k in range(6)]
         for got, ref in zip((m0, m1, m2), zip(*fan)):
             np.testing.assert_allclose(got, sum(ref), rtol=1e-13, atol=1e-15)

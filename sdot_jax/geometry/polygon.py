@@ -82,14 +82,14 @@ def integrate(poly: Polygon, density, origin: Float[Array, " 2"], num_facets: in
     capacity = vertices.shape[0]
     idx = jnp.arange(capacity)
     live = idx < count
+    following = vertices[(idx + 1) % jnp.maximum(count, 1)]
     boundary = getattr(density, "polygon_moments", None)
-    moments = boundary(origin, vertices, live) if boundary is not None else None
+    moments = boundary(origin, vertices, following, live) if boundary is not None else None
     if moments is not None:  # one pass over the boundary (piecewise-constant images)
         mass, first, second, edge_mass = moments
         return mass, first, second, jax.ops.segment_sum(jnp.where(live, edge_mass, 0.0),
                                                         jnp.where(live, planes, -1), num_facets)
     centre = jnp.sum(jnp.where(live[:, None], vertices, 0.0), 0) / jnp.maximum(count, 1)
-    following = vertices[(idx + 1) % jnp.maximum(count, 1)]
     triangles = jnp.stack([jnp.broadcast_to(centre, vertices.shape), vertices, following], axis=1)
     # Dead slots become degenerate triangles at the centre: no work for grid densities, no NaN.
     triangles = jnp.where(live[:, None, None], triangles, centre)

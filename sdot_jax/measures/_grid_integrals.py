@@ -258,8 +258,8 @@ class GridMoments(eqx.Module):
         t0 = (origin - self.origin) @ finv
         tri = simplex @ finv
         if self.coeffs.shape[2:] == (1, 1):
-            m0, m1, m2, _, ok = polygon_moments_constant(
-                self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, tri, jnp.ones(3, bool), self.window)
+            m0, m1, m2, _, ok = polygon_moments_constant(self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0],
+                                                         t0, tri, jnp.roll(tri, -1, 0), jnp.ones(3, bool), self.window)
         else:
             m0, m1, m2, ok = triangle_moments(
                 self.breaks_x, self.breaks_y, self.coeffs, t0, tri, self.window)
@@ -269,22 +269,21 @@ class GridMoments(eqx.Module):
         f = self.frame
         return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f)
 
-    def polygon_moments(self, origin, vertices, live):
-        """Moments about ``origin`` of the polygon ``origin + vertices[live]`` (in order) and the
-        density's line integral along each edge k -> k+1, for piecewise-constant grids (one
-        boundary pass; see `polygon_moments_constant`); None for higher degrees."""
+    def polygon_moments(self, origin, vertices, following, live):
+        """Moments about ``origin`` of the polygon ``origin + vertices[live]`` (in order; edge k
+        runs from ``vertices[k]`` to ``following[k]``) and the density's line integral along each
+        edge, for piecewise-constant grids (one boundary pass; see `polygon_moments_constant`);
+        None for higher degrees."""
         if self.coeffs.shape[2:] != (1, 1):
             return None
         finv = jnp.linalg.inv(self.frame)
         jac = jnp.abs(jnp.linalg.det(self.frame))
         t0 = (origin - self.origin) @ finv
         m0, m1, m2, mean, ok = polygon_moments_constant(
-            self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, vertices @ finv, live, self.window)
+            self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, vertices @ finv, following @ finv, live,
+            self.window)
         m0 = jnp.where(ok, m0, jnp.nan)  # see `simplex_moments`
         f = self.frame
-        following = jnp.roll(vertices, -1, axis=0)
-        count = jnp.sum(live)
-        following = jnp.where((jnp.arange(live.shape[0]) == count - 1)[:, None], vertices[0], following)
         length = jnp.sqrt(jnp.sum((following - vertices) ** 2, -1))
         return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f), length * mean
 
@@ -345,12 +344,12 @@ def grid_interior_point(levels, origin, frame):
     return origin + t @ frame
 
 
-def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, live, window: int):
+def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, following, live, window: int):
     r"""Exact moments of a piecewise-constant grid function over a convex polygon by Green's theorem,
     and its line integral along each edge.
 
     ``verts (V, 2)``: the polygon's vertices relative to ``t0`` in order (either orientation),
-    ``live (V,)`` the first ``count`` of them.  With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$
+    ``following`` the end of each edge (the next live vertex), ``live (V,)`` the live slots.  With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$
     (from the window's left edge $X_0$; any base works since $\oint c(y)\,dy = 0$ on a closed
     curve), and $x, y$ relative to ``t0``:
 
@@ -368,9 +367,6 @@ def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, live, window
     kx, ky = values.shape
     wx, wy = min(window, kx), min(window, ky)
     dtype = verts.dtype
-    cap = verts.shape[0]
-    count = jnp.sum(live)
-    following = verts[(jnp.arange(cap) + 1) % jnp.maximum(count, 1)]
     lo = t0 + jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
     hi = t0 + jnp.max(jnp.where(live[:, None], verts, -jnp.inf), 0)
     sx, okx = _window_start(breaks_x, lo[0], hi[0], wx)
@@ -474,10 +470,10 @@ class AbstractGridDensity(AbstractDensity):
     def facet_mass(self, origin, facet):
         return self._grid().facet_mass(origin, facet)
 
-    def polygon_moments(self, origin, vertices, live):
+    def polygon_moments(self, origin, vertices, following, live):
         """2D: moments and edge integrals of a whole polygon at once, or None (`GridMoments`)."""
         grid = self._grid()
-        return grid.polygon_moments(origin, vertices, live) if hasattr(grid, "polygon_moments") else None
+        return grid.polygon_moments(origin, vertices, following, live) if hasattr(grid, "polygon_moments") else None
 
     def density_at(self, x):
         """$\\rho$ at points ``x (..., d)``."""

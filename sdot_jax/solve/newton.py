@@ -209,7 +209,7 @@ def newton(
         facets = base.facet_mass, base.candidates, total
         smooth = jnp.array(False)
         if hessian_density is not None:
-            smooth = accepted & (jnp.linalg.norm(base_mass - a) > SMOOTHED_HESSIAN_UNTIL * jnp.linalg.norm(a))
+            smooth = accepted & (jnp.linalg.norm(m_t - a) > SMOOTHED_HESSIAN_UNTIL * jnp.linalg.norm(a))
             facets = cond_any(renew & smooth, _smoothed_facets, _own_facets, facets, y, base_psi,
                               hessian_density, grid, capacities)
         direction, info = cond_any(renew, _direction, _keep_direction, s.direction, y, a, base_mass,
