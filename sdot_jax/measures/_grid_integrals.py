@@ -6,16 +6,15 @@ square is split into pieces $[b^x_k, b^x_{k+1}] \times [b^y_l, b^y_{l+1}]$, and 
 density is the tensor-product polynomial $\sum_{a,b} C_{klab}\, u^a v^b$ in the local coordinates
 $u, v \in [0, 1]$ of the piece.  It is zero outside the square.
 
-**Triangle moments.**  The triangle is clipped against every piece of a static ``window`` x
-``window`` block of pieces covering its bounding box (Sutherland--Hodgman on an 8-slot buffer:
-a triangle cut by four lines has at most 7 vertices), each piece polygon is fanned into triangles
-and integrated with a collapsed (Duffy) Gauss--Jacobi x Gauss--Legendre rule that is exact for
-polynomials of the total degree involved (density degree + 2 for the second moments).  The
-result is exact up to rounding.  A triangle whose bounding box needs more pieces than the window
-returns NaN moments (so a solve fails instead of using a truncated integral; see
-``_WINDOW_MESSAGE``).
+**Polygon moments** (2D): one boundary pass by Green's theorem (`polygon_moments_grid`): each
+edge of the polygon is split where it crosses the grid lines of a static ``window`` x ``window``
+block of pieces covering the polygon, and exact Gauss--Legendre rules integrate the primitive of
+the density along each sub-edge.  The same pass gives each edge's line integral (the facet masses
+of the Newton Hessian).  A polygon whose bounding box needs more pieces than the window returns
+NaN moments (so a solve fails, or grows the window, instead of using a truncated integral; see
+``_WINDOW_MESSAGE``).  Triangles are polygons of three vertices.
 
-**Segment integrals** (facet masses) are split at every grid line crossed inside the window and
+**Segment integrals** (`facet_mass`) are split at every grid line crossed inside the window and
 integrated with Gauss--Legendre, exact for the degree.
 """
 
@@ -34,9 +33,6 @@ from scipy.special import roots_jacobi, roots_legendre
 
 from ._density import AbstractDensity
 from .box import Box
-
-_CAP = 8  # vertex slots of a clipped triangle (a triangle cut by 4 lines has <= 7 vertices)
-
 
 @functools.lru_cache(maxsize=None)
 def triangle_rule(degree: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,56 +101,6 @@ _WINDOW_MESSAGE = (
     "a power cell spans more grid pieces than the density's `window` (pieces per axis that one "
     "triangle of a cell may overlap): rebuild the density with a larger `window=`."
 )
-
-
-def triangle_moments(breaks_x, breaks_y, coeffs, t0, tri, window: int):
-    """Moments of the grid polynomial over the triangle ``t0 + conv(tri)`` in grid coordinates.
-
-    ``coeffs``: ``(Kx, Ky, p+1, q+1)``.  Returns ``(m0, m1 (2,), m2 (2, 2))`` about ``t0`` and an
-    ``ok`` flag (False when the triangle overflows the window).
-    """
-    kx, ky, px, py = coeffs.shape
-    wx, wy = min(window, kx), min(window, ky)
-    degree = (px - 1) + (py - 1) + 2
-    points, weights = triangle_rule(degree)
-    points = jnp.asarray(points, tri.dtype)
-    weights = jnp.asarray(weights, tri.dtype)
-    tmin = t0 + tri.min(0)
-    tmax = t0 + tri.max(0)
-    sx, okx = _window_start(breaks_x, tmin[0], tmax[0], wx)
-    sy, oky = _window_start(breaks_y, tmin[1], tmax[1], wy)
-    verts0 = jnp.zeros((_CAP, 2), tri.dtype).at[:3].set(tri)
-
-    def piece(i, j):
-        ix, iy = sx + i, sy + j
-        x0, x1 = breaks_x[ix], breaks_x[ix + 1]
-        y0, y1 = breaks_y[iy], breaks_y[iy + 1]
-        v, c = verts0, jnp.array(3)
-        one = jnp.ones((), tri.dtype)
-        zero = jnp.zeros((), tri.dtype)
-        v, c = clip_polygon(v, c, jnp.stack([-one, zero]), t0[0] - x0)
-        v, c = clip_polygon(v, c, jnp.stack([one, zero]), x1 - t0[0])
-        v, c = clip_polygon(v, c, jnp.stack([zero, -one]), t0[1] - y0)
-        v, c = clip_polygon(v, c, jnp.stack([zero, one]), y1 - t0[1])
-        # Fan from vertex 0: triangles (v0, v_j, v_{j+1}), j = 1 .. c-2.
-        a = v[1:-1] - v[0]
-        b = v[2:] - v[0]
-        area = 0.5 * jnp.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
-        area = jnp.where(jnp.arange(1, _CAP - 1) + 1 < c, area, 0.0)
-        s = v[0] + points[None, :, 0:1] * a[:, None] + points[None, :, 1:2] * b[:, None]  # (F, Q, 2)
-        w = area[:, None] * weights[None, :]
-        u = (t0[0] + s[..., 0] - x0) / (x1 - x0)
-        uy = (t0[1] + s[..., 1] - y0) / (y1 - y0)
-        rho = jnp.einsum("fqa,ab,fqb->fq", _powers(u, px - 1), coeffs[ix, iy], _powers(uy, py - 1))
-        wr = w * rho
-        m0 = jnp.sum(wr)
-        m1 = jnp.einsum("fq,fqi->i", wr, s)
-        m2 = jnp.einsum("fq,fqi,fqj->ij", wr, s, s)
-        return m0, m1, m2
-
-    ii, jj = jnp.meshgrid(jnp.arange(wx), jnp.arange(wy), indexing="ij")
-    m0, m1, m2 = jax.vmap(piece)(ii.ravel(), jj.ravel())
-    return m0.sum(0), m1.sum(0), m2.sum(0), okx & oky
 
 
 def evaluate(breaks_x, breaks_y, coeffs, t):
@@ -253,36 +199,22 @@ class GridMoments(eqx.Module):
     window: int = eqx.field(static=True)
 
     def simplex_moments(self, origin, simplex):
-        finv = jnp.linalg.inv(self.frame)
-        jac = jnp.abs(jnp.linalg.det(self.frame))
-        t0 = (origin - self.origin) @ finv
-        tri = simplex @ finv
-        if self.coeffs.shape[2:] == (1, 1):
-            m0, m1, m2, _, ok = polygon_moments_constant(self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0],
-                                                         t0, tri, jnp.roll(tri, -1, 0), jnp.ones(3, bool), self.window)
-        else:
-            m0, m1, m2, ok = triangle_moments(
-                self.breaks_x, self.breaks_y, self.coeffs, t0, tri, self.window)
-        # Overflow gives NaN (a dead, padded triangle of the kernel may be huge and is discarded
-        # by a `where`; a live one makes the solve fail loudly instead of returning a wrong mass).
-        m0 = jnp.where(ok, m0, jnp.nan)
-        f = self.frame
-        return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f)
+        """Moments about ``origin`` of the triangle ``origin + simplex`` (`polygon_moments`)."""
+        m0, m1, m2, _ = self.polygon_moments(origin, simplex, jnp.roll(simplex, -1, 0), jnp.ones(3, bool))
+        return m0, m1, m2
 
     def polygon_moments(self, origin, vertices, following, live):
         """Moments about ``origin`` of the polygon ``origin + vertices[live]`` (in order; edge k
         runs from ``vertices[k]`` to ``following[k]``) and the density's line integral along each
-        edge, for piecewise-constant grids (one boundary pass; see `polygon_moments_constant`);
-        None for higher degrees."""
-        if self.coeffs.shape[2:] != (1, 1):
-            return None
+        edge, in one boundary pass (`polygon_moments_grid`)."""
         finv = jnp.linalg.inv(self.frame)
         jac = jnp.abs(jnp.linalg.det(self.frame))
         t0 = (origin - self.origin) @ finv
-        m0, m1, m2, mean, ok = polygon_moments_constant(
-            self.breaks_x, self.breaks_y, self.coeffs[:, :, 0, 0], t0, vertices @ finv, following @ finv, live,
-            self.window)
-        m0 = jnp.where(ok, m0, jnp.nan)  # see `simplex_moments`
+        m0, m1, m2, mean, ok = polygon_moments_grid(
+            self.breaks_x, self.breaks_y, self.coeffs, t0, vertices @ finv, following @ finv, live, self.window)
+        # Overflow gives NaN (a dead, padded cell of the kernel may be huge and is discarded by a
+        # `where`; a live one makes the solve fail loudly instead of returning a wrong mass).
+        m0 = jnp.where(ok, m0, jnp.nan)
         f = self.frame
         length = jnp.sqrt(jnp.sum((following - vertices) ** 2, -1))
         return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f), length * mean
@@ -321,7 +253,11 @@ def blur_matrix(n: int, sigma_cells: float) -> np.ndarray:
     return m
 
 
-WINDOW_3D = 4  # default window (pieces per axis) of 3D grids: the cost grows as window**3
+# Default windows (pieces per axis a cell may span).  2D: the Green pass costs O(window) per edge
+# (plus a window x window prefix table), so the whole grid up to 64; a window too small makes Newton
+# reject legitimate large trial cells (NaN masses).  3D: clipping costs O(window**3) per tetrahedron.
+WINDOW_2D = 64
+WINDOW_3D = 4
 
 
 def blur(values, amount: float):
@@ -344,27 +280,31 @@ def grid_interior_point(levels, origin, frame):
     return origin + t @ frame
 
 
-def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, following, live, window: int):
-    r"""Exact moments of a piecewise-constant grid function over a convex polygon by Green's theorem,
-    and its line integral along each edge.
+def polygon_moments_grid(breaks_x, breaks_y, coeffs, t0, verts, following, live, window: int):
+    r"""Exact moments of a piecewise-polynomial grid function over a convex polygon by Green's
+    theorem, and its line integral along each edge.
 
-    ``verts (V, 2)``: the polygon's vertices relative to ``t0`` in order (either orientation),
-    ``following`` the end of each edge (the next live vertex), ``live (V,)`` the live slots.  With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$
+    ``coeffs (Kx, Ky, P, Q)``: on piece $(c, r)$ the function is $f = \sum_{a,b} C_{crab}\, u^a v^b$
+    in the piece's local coordinates $u, v \in [0, 1]$.  ``verts (V, 2)``: the polygon's vertices
+    relative to ``t0`` in order (either orientation), ``following`` the end of each edge (the next
+    live vertex), ``live (V,)`` the live slots.  With $F_a(x, y) = \int_{X_0}^x s^a f(s, y)\, ds$
     (from the window's left edge $X_0$; any base works since $\oint c(y)\,dy = 0$ on a closed
     curve), and $x, y$ relative to ``t0``:
 
     $$\int_P x^a y^b f = \oint_{\partial P} y^b F_a(x, y)\, dy \quad (a + b \le 2),$$
 
-    the boundary taken counter-clockwise.  Each edge is split where it crosses the window's grid
-    lines; on each piece $f$ is constant and $y^b F_a$ a cubic in the edge parameter, integrated
-    exactly by 2-point Gauss--Legendre.  The same pieces give $\int_0^1 f(p_0 + \lambda (p_1 -
-    p_0))\, d\lambda$ per edge.  Cost: O(V x window) per polygon, plus a window x window prefix
-    table.
+    the boundary taken counter-clockwise.  $F_a$ is a prefix over the whole pieces left of $x$
+    (a polynomial in $v$, tabulated per window column) plus the integral across the current
+    piece, by Gauss--Legendre in $s$ (exact: degree $a + P - 1$).  Each edge is split where it
+    crosses the window's grid lines; on each sub-edge $y^b F_a$ is a polynomial of degree at most
+    $P + Q + 1$ in the edge parameter, integrated exactly by Gauss--Legendre, and the same points
+    give $\int_0^1 f(p_0 + \lambda (p_1 - p_0))\, d\lambda$ per edge.  Cost: O(V x window) per
+    polygon, plus a window x window prefix table.
 
     Returns ``(m0, m1 (2,), m2 (2, 2), edge (V,), ok)``: moments about ``t0``, the mean of $f$
     along edge k -> k+1 (0 on dead slots), and whether the polygon fits the window.
     """
-    kx, ky = values.shape
+    kx, ky, p, q = coeffs.shape
     wx, wy = min(window, kx), min(window, ky)
     dtype = verts.dtype
     lo = t0 + jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
@@ -373,12 +313,22 @@ def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, following, l
     sy, oky = _window_start(breaks_y, lo[1], hi[1], wy)
     xs = jax.lax.dynamic_slice(breaks_x, (sx,), (wx + 1,)) - t0[0]
     ys = jax.lax.dynamic_slice(breaks_y, (sy,), (wy + 1,)) - t0[1]
-    val = jax.lax.dynamic_slice(values, (sx, sy), (wx, wy))
-    # Prefix tables P[a][c, r] = sum_{c' < c} val[c', r] (X_{c'+1}^{a+1} - X_{c'}^{a+1}) / (a+1).
-    pw = [(xs[1:] ** (a + 1) - xs[:-1] ** (a + 1)) / (a + 1) for a in range(3)]
-    prefix = [jnp.concatenate([jnp.zeros((1, wy), dtype), jnp.cumsum(val * p[:, None], 0)]) for p in pw]
-    gl_x, gl_w = line_rule(3)
-    gl_x, gl_w = jnp.asarray(gl_x, dtype), jnp.asarray(gl_w, dtype)
+    zero = jnp.zeros((), sx.dtype)
+    window_coeffs = jax.lax.dynamic_slice(coeffs, (sx, sy, zero, zero), (wx, wy, p, q))
+    widths, heights = xs[1:] - xs[:-1], ys[1:] - ys[:-1]
+    across_x, across_w = (jnp.asarray(r, dtype) for r in line_rule(p + 1))
+    edge_x, edge_w = (jnp.asarray(r, dtype) for r in line_rule(p + q + 1))
+
+    def across(x_left, x, width):
+        r"""$\int_{x_{left}}^x s^a u(s)^k ds$ for a = 0..2, k < P (u local to the piece): (..., 3, P)."""
+        length = x - x_left
+        s = x_left[..., None] + length[..., None] * across_x  # (..., H)
+        u = (s - x_left[..., None]) / width[..., None]
+        return length[..., None, None] * jnp.einsum("h,...ha,...hk->...ak", across_w, _powers(s, 2), _powers(u, p - 1))
+
+    # prefix[c, r, a, l]: the v^l coefficient of the integral of s^a f over window columns < c, row r.
+    whole = jnp.einsum("cak,crkl->cral", across(xs[:-1], xs[1:], widths), window_coeffs)
+    prefix = jnp.concatenate([jnp.zeros((1, wy, 3, q), dtype), jnp.cumsum(whole, 0)])
 
     def crossing(b, p0, dk):
         safe = jnp.where(dk != 0, dk, 1.0)
@@ -394,26 +344,26 @@ def polygon_moments_constant(breaks_x, breaks_y, values, t0, verts, following, l
         c = jnp.searchsorted(xs, mid[:, 0], side="right") - 1  # -1 .. wx
         r = jnp.searchsorted(ys, mid[:, 1], side="right") - 1
         row_ok = (r >= 0) & (r < wy)
-        rc = jnp.clip(r, 0, wy - 1)
-        cc = jnp.clip(c, 0, wx - 1)
-        in_col = (c >= 0) & (c < wx)
-        f = jnp.where(row_ok & in_col, val[cc, rc], 0.0)
-        lam = a[:, None] + (b - a)[:, None] * gl_x[None, :]
-        pts = p0 + lam[..., None] * delta  # (S, 2, 2)
-        x, y = pts[..., 0], pts[..., 1]
-        out = []
-        for aa in range(3):
-            base = jnp.where(c >= wx, prefix[aa][wx, rc], prefix[aa][jnp.clip(c, 0, wx), rc])
-            base = jnp.where((c >= 0) & row_ok, base, 0.0)
-            xc = xs[cc]
-            fa = base[:, None] + f[:, None] * (x ** (aa + 1) - xc[:, None] ** (aa + 1)) / (aa + 1)
-            out.append(fa)
-        wdy = (b - a)[:, None] * gl_w[None, :] * delta[1]
-        f0, f1, f2 = out
+        rc, cc = jnp.clip(r, 0, wy - 1), jnp.clip(c, 0, wx - 1)
+        inside = row_ok & (c >= 0) & (c < wx)
+        piece = jnp.where(inside[:, None, None], window_coeffs[cc, rc], 0.0)  # (S, P, Q)
+        lam = a[:, None] + (b - a)[:, None] * edge_x[None, :]
+        x, y = p0[0] + lam * delta[0], p0[1] + lam * delta[1]  # (S, G)
+        x_left = jnp.broadcast_to(xs[cc][:, None], x.shape)
+        u = (x - x_left) / widths[cc][:, None]
+        v_powers = _powers((y - ys[rc][:, None]) / heights[rc][:, None], q - 1)  # (S, G, Q)
+        f = jnp.einsum("sgk,skl,sgl->sg", _powers(u, p - 1), piece, v_powers)
+        base = prefix[jnp.clip(c, 0, wx), rc]  # c >= wx: the whole row (right of the grid, f = 0)
+        base = jnp.where(((c >= 0) & row_ok)[:, None, None], base, 0.0)  # (S, 3, Q)
+        partial = across(x_left, x, jnp.broadcast_to(widths[cc][:, None], x.shape))  # (S, G, 3, P)
+        big_f = (jnp.einsum("sgl,sal->sga", v_powers, base)
+                 + jnp.einsum("sgak,skl,sgl->sga", partial, piece, v_powers))  # F_a at the points
+        wdy = (b - a)[:, None] * edge_w[None, :] * delta[1]
+        f0, f1, f2 = big_f[..., 0], big_f[..., 1], big_f[..., 2]
         return jnp.stack([
             jnp.sum(wdy * f0), jnp.sum(wdy * f1), jnp.sum(wdy * y * f0),
             jnp.sum(wdy * f2), jnp.sum(wdy * y * f1), jnp.sum(wdy * y * y * f0),
-        ]), jnp.sum((b - a) * f)
+        ]), jnp.sum((b - a)[:, None] * edge_w[None, :] * f)
 
     green, mean = jax.vmap(edge)(verts, following)
     e = jnp.sum(jnp.where(live[:, None], green, 0.0), 0)
@@ -471,7 +421,7 @@ class AbstractGridDensity(AbstractDensity):
         return self._grid().facet_mass(origin, facet)
 
     def polygon_moments(self, origin, vertices, following, live):
-        """2D: moments and edge integrals of a whole polygon at once, or None (`GridMoments`)."""
+        """2D: moments and edge integrals of a whole polygon in one pass (`GridMoments`); None in 3D."""
         grid = self._grid()
         return grid.polygon_moments(origin, vertices, following, live) if hasattr(grid, "polygon_moments") else None
 

@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_3D, blur,
+from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_2D, WINDOW_3D, blur,
                               frame_of, grid_interior_point)
 
 
@@ -38,14 +38,15 @@ class PolynomialGrid(AbstractGridDensity):
     - `coefficients`: shape ``(n_x, n_y, p+1, q+1)`` (2D) or ``(n_x, n_y, n_z, p+1, q+1, r+1)``
       (3D).
     - `origin`, `frame`: the box, as for `Box` (unit square / cube by default).
-    - `window`: grid cells per axis one triangle (2D) / tetrahedron (3D) of a power cell may
+    - `window`: grid cells per axis one power cell (2D) / tetrahedron of a cell (3D) may
       overlap (static buffer size; a larger one gets NaN moments, so the solve fails rather than
-      being wrong).  Default: all of them up to 8 in 2D (clipping costs O(window^2) per
-      triangle), up to 4 in 3D (O(window^3) per tetrahedron).
+      being wrong).  Default: all of them up to 64 in 2D (one boundary pass by Green's theorem,
+      O(window) per edge), up to 4 in 3D (clipping, O(window^3) per tetrahedron).
       Outside ``jax.jit`` the solver sizes it from the number of Diracs and doubles it
       whenever a cell spans more (`Capacities.window`).
 
-    Integrals are exact (clipping against the grid cells, exact quadrature per piece).
+    Integrals are exact (2D: Green's theorem along each cell's boundary, split at the grid
+    lines; 3D: tetrahedra clipped against the grid cells; exact quadrature per piece).
     """
 
     coefficients: Float[Array, "nx ny p q"] | Float[Array, "nx ny nz p q r"]
@@ -70,7 +71,7 @@ class PolynomialGrid(AbstractGridDensity):
             self.coefficients, jnp.all(mean >= 0) & (jnp.sum(mean) > 0),
             "the cell averages of `coefficients` must be non-negative and not all zero.",
         )
-        cap = 8 if d == 2 else WINDOW_3D
+        cap = WINDOW_2D if d == 2 else WINDOW_3D
         self.window = int(window) if window is not None else min(max(c.shape[:d]), cap)
 
     def _cell_means(self):
@@ -124,9 +125,7 @@ class Image(AbstractGridDensity):
         values = check_values(values, jnp.sum(values) > 0, "`values` are all zero: no mass.")
         self.origin, self.frame = frame_of(origin, frame, values.ndim)
         self.values = values.astype(jnp.result_type(values, self.origin))
-        # 2D Green integrals cost O(window) per edge: default to the whole grid (up to 64), since
-        # a window too small makes Newton reject legitimate large trial cells (NaN masses).
-        cap = 64 if values.ndim == 2 else WINDOW_3D
+        cap = WINDOW_2D if values.ndim == 2 else WINDOW_3D
         self.window = int(window) if window is not None else min(max(values.shape), cap)
 
     @property

@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_3D, blur,
+from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_2D, WINDOW_3D, blur,
                               frame_of, grid_interior_point)
 
 
@@ -62,14 +62,15 @@ class SplineGrid(AbstractGridDensity):
       / ``[i_x, i_y, i_z]``, non-negative.
     - `degree`: 0 (piecewise constant), 1 (C0, piecewise bilinear, default), 2 (C1), 3 (C2).
     - `origin`, `frame`: the box, as for `Box` (unit square by default).
-    - `window`: how many grid pieces per axis one triangle (2D) / tetrahedron (3D) of a power
-      cell may overlap (a static buffer size; a larger one gets NaN moments, so the solve fails
-      instead of being wrong).  Default: all of them up to 8 in 2D, up to 4 in 3D.
+    - `window`: how many grid pieces per axis one power cell (2D) / tetrahedron of a cell (3D)
+      may overlap (a static buffer size; a larger one gets NaN moments, so the solve fails
+      instead of being wrong).  Default: all of them up to 64 in 2D, up to 4 in 3D.
       Outside ``jax.jit`` the solver sizes it from the number of Diracs and doubles it
       whenever a cell spans more (`Capacities.window`).
 
-    Integrals are exact (piecewise polynomials clipped against the grid).  The density is
-    normalised by the solver (``total_mass``).  Cost in 3D: every tetrahedron is clipped
+    Integrals are exact: in 2D one boundary pass per cell by Green's theorem, split at the grid
+    lines; in 3D tetrahedra clipped against the grid.  The density is normalised by the solver
+    (``total_mass``).  Cost in 3D: every tetrahedron is clipped
     against all ``window**3`` pieces of its window (see
     `sdot_jax.measures._grid_integrals.tetrahedron_moments` for the measured cost).
     """
@@ -98,7 +99,7 @@ class SplineGrid(AbstractGridDensity):
         if window is not None:
             self.window = int(window)
         elif values.ndim == 2:
-            self.window = min(max(values.shape) + 1, 8)
+            self.window = min(max(values.shape) + 1, WINDOW_2D)
         else:  # odd degrees have breaks at the cell centres: one more piece per axis
             self.window = min(max(values.shape) + degree % 2, WINDOW_3D)
 
