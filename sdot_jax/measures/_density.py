@@ -56,6 +56,12 @@ class AbstractDensity(eqx.Module):
         lo, hi = self.bounding_box()
         return (lo + hi) / 2
 
+    def mean_and_spread(self) -> tuple[Float[Array, " d"], Float[Array, ""]] | None:
+        r"""The density's mean $m$ and rms radius $(\int |x - m|^2 \rho / \int \rho)^{1/2}$, where
+        cheap: the starting weights move and scale the Diracs' cloud onto them
+        (`sdot_jax.solve.start.initial_weights`).  None: start from the support's box alone."""
+        return None
+
     def with_dim(self, dim: int) -> "AbstractDensity":
         """Resolve defaults that depend on the source's dimension (e.g. ``Box()``)."""
         if dim != self.dim:

@@ -126,6 +126,13 @@ class SumOfGaussians(AbstractDensity):
     def interior_point(self):
         return self.positions[jnp.argmax(self.weights)]
 
+    def mean_and_spread(self):
+        """Closed form: $m = \sum_k w_k \mu_k / W$, spread$^2 = \sum_k w_k (d \sigma_k^2 + |\mu_k - m|^2) / W$."""
+        w = self.weights / jnp.sum(self.weights)
+        mean = w @ self.positions
+        variance = w @ (self.dim * self.sigmas**2 + jnp.sum((self.positions - mean) ** 2, -1))
+        return mean, jnp.sqrt(variance)
+
     def density_at(self, x):
         """$\\rho$ at points ``x (..., d)``."""
         r2 = jnp.sum((x[..., None, :] - self.positions) ** 2, -1)
