@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from sdot_jax import SumOfDiracs, optimal_transport_plan  # noqa: E402
 from sdot_jax import api  # noqa: E402
-from sdot_jax.geometry.diagram import Capacities, power_diagram  # noqa: E402
+from sdot_jax.geometry.diagram import Capacities  # noqa: E402
 from sdot_jax.measures import Image, SplineGrid, SumOfGaussians  # noqa: E402
 from sdot_jax.solve import continuation  # noqa: E402
 
@@ -101,7 +101,9 @@ def ours(y: np.ndarray, density, tol: float, max_iter: int) -> dict:
 def worst_error_of(y: np.ndarray, psi: np.ndarray, density) -> float:
     """Worst relative mass error of weights ``psi`` (equal Dirac masses) in our power diagram."""
     n = len(y)
-    diagram = power_diagram(jnp.asarray(y), jnp.asarray(psi), density, Capacities.default(n, 2, y))
+    diagram = api._final_diagram(jnp.asarray(y), jnp.asarray(psi), density, Capacities.default(n, 2, y))
+    if not bool(np.all(diagram.certified)) or bool(np.any(diagram.overflow)):
+        return float("nan")
     m = np.asarray(diagram.mass)
     return float(np.max(np.abs(m * n / m.sum() - 1)))
 

@@ -27,7 +27,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._batching import cond_any
 from ..geometry import neighbours
-from ..geometry.diagram import Capacities, Diagram, power_diagram
+from ..geometry.diagram import Capacities, Diagram, cell_integrals, power_diagram
 from . import linear, multigrid
 
 
@@ -211,7 +211,7 @@ def newton(
         if hessian_density is not None:
             smooth = accepted & (jnp.linalg.norm(m_t - a) > SMOOTHED_HESSIAN_UNTIL * jnp.linalg.norm(a))
             facets = cond_any(renew & smooth, _smoothed_facets, _own_facets, facets, y, base_psi,
-                              hessian_density, grid, capacities)
+                              hessian_density, capacities)
         direction, info = cond_any(renew, _direction, _keep_direction, s.direction, y, a, base_mass,
                                    *facets, base_err, order)
         solve_failed = renew & ~info.ok
@@ -268,10 +268,12 @@ def newton(
     return final.psi, stats, final.diagram
 
 
-def _smoothed_facets(_, y, psi, density, grid, capacities):
-    """Facet integrals, neighbours and total mass of ``density`` (the smoothed copy) at ``psi``."""
-    diagram = power_diagram(y, psi, density, capacities, grid)
-    return diagram.facet_mass, diagram.candidates, density.total_mass()
+def _smoothed_facets(own, y, psi, density, capacities):
+    """Facet integrals, neighbours and total mass of ``density`` (the smoothed copy) over the
+    cells of the accepted diagram at ``psi`` (``own``: its facets, neighbours and total)."""
+    _, candidates, _ = own
+    _, facet_mass = cell_integrals(y, psi, density, candidates, capacities)
+    return facet_mass, candidates, density.total_mass()
 
 
 def _own_facets(own, *_):
