@@ -3,6 +3,7 @@
     python benchmarks/densities.py --cases image:32 image:256 image:1024 spline:32:3 gaussians:8
     python benchmarks/densities.py --cases image:256 --n 1e4 --sdot-python /work/sdot-env/bin/python
     python benchmarks/densities.py --hard --n 1e4          # 90:1 and 20 %-zero images, +- continuation
+    python benchmarks/densities.py --hard --continuation off --max-iter 20
 
 Cases (float64, Diracs uniform in the unit square, equal masses, from zero weights):
   ``image:P``        P x P ``Image``, pixel values uniform in [0.5, 1];
@@ -173,7 +174,7 @@ def hard(args) -> None:
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for name, values in [("90:1 contrast", contrast), ("20% zero pixels", zeros)]:
         image = Image(values)
-        for use in (False, True):
+        for use in {"both": (False, True), "off": (False,), "on": (True,)}[args.continuation]:
             stages: list = []
             solve = counted(stages)
             source = SumOfDiracs(jnp.asarray(y))
@@ -200,6 +201,7 @@ def main():
     p.add_argument("--max-iter", type=int, default=50)
     p.add_argument("--sdot-python", default=None)
     p.add_argument("--hard", action="store_true", help="the 90:1 and 20%%-zero images, with and without continuation")
+    p.add_argument("--continuation", choices=["both", "off", "on"], default="both", help="with --hard")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}, n {args.n}")

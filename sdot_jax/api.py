@@ -173,6 +173,14 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         short = bool(stats.fallback_short)
         grown = capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short,
                                  candidates=bool(stats.uncertified) and not short, n=n)
+        if short and grown == capacities:
+            raise RuntimeError(
+                f"more power cells were left uncertified by the grid neighbour search than the "
+                f"fallback stages can redo, with every cell in the fallback ({capacities}).  The "
+                "search's certificate assumes weights close to affine over a few grid cells; it "
+                "fails for strongly quadratic weights, i.e. a target much more concentrated than "
+                "the Diracs' cloud at n > 4096 (a known limitation, see the README)."
+            )
         if grown == capacities or grown.vertices > 4096 or grown.candidates > 8 * first.candidates:
             raise RuntimeError(
                 f"power cells could not be computed within {capacities}: the input is degenerate "

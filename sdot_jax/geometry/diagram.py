@@ -276,6 +276,31 @@ def _redo_if_needed(stage, out, *operands, hopeless: int, cond):
     return cond((left > 0) & (left <= hopeless), stage, lambda out, *_: out, out, *operands), left > hopeless
 
 
+QUADRATIC_GAUGE_FROM = 0.05  # fitted quadratic coefficients below this keep the seeds as they are
+
+
+def quadratic_gauge(y: Float[Array, "n d"], psi: Float[Array, " n"]) -> Float[Array, ""]:
+    r"""The factor $\Lambda = 1 - \alpha \in [0.1, 1]$ of the seeds' quadratic gauge.
+
+    With $\psi_i = \alpha |y_i|^2 + \varphi_i$: $|x - y_i|^2 - \psi_i = \Lambda^{-1}(|x - z_i|^2 -
+    \Lambda \varphi_i) + (1 - \Lambda^{-1}) |x|^2$, $z_i = \Lambda y_i$, so the power diagram of
+    $(y, \psi)$ is, cell for cell, that of $(\Lambda y, \Lambda \varphi)$.  Weights with a large
+    positive quadratic part (a target more concentrated than the Diracs: cells shrunk towards a
+    point, e.g. the start for a Gaussian mixture) defeat the neighbour search's certificate,
+    which bounds weights by affine functions over grid blocks; in the gauge of the least-squares
+    $\alpha$ they are close to affine again.  Below `QUADRATIC_GAUGE_FROM`, $\Lambda = 1$ exactly.
+    Not differentiated: the cells do not depend on it."""
+    y, psi = jax.lax.stop_gradient(y), jax.lax.stop_gradient(psi)
+    n, d = y.shape
+    if n < d + 2:
+        return jnp.ones((), y.dtype)
+    centred = y - jnp.mean(y, 0)
+    basis = jnp.concatenate([jnp.sum(centred**2, -1, keepdims=True), centred, jnp.ones((n, 1), y.dtype)], 1)
+    coef = jnp.linalg.lstsq(basis, psi - jnp.mean(psi))[0]
+    alpha = jnp.where(jnp.isfinite(coef[0]), coef[0], 0.0)
+    return jnp.where(alpha > QUADRATIC_GAUGE_FROM, 1 - jnp.minimum(alpha, 0.9), 1.0).astype(y.dtype)
+
+
 def power_diagram(
     y: Float[Array, "n d"],
     psi: Float[Array, " n"],
@@ -290,6 +315,16 @@ def power_diagram(
     when no problem of the batch needs them)."""
     n, d = y.shape
     k = capacities.candidates
+    # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from
+    # seeds whose weights are close to affine; moments are moved back to the y_i at the end.  The
+    # exhaustive search (small n) needs no gauge: it checks every cell against every seed, and its
+    # candidates rank better from the seeds themselves (the gauge magnifies the weights'
+    # non-quadratic part by 1 / Lambda relative to the spacing).
+    scale = jnp.ones((), y.dtype) if capacities.grid is None else quadratic_gauge(y, psi)
+    seeds = y
+    y, psi = scale * y, scale * (psi - (1 - scale) * jnp.sum(y**2, -1))
+    if grid is not None:
+        grid = neighbours.scaled(grid, scale)
     if capacities.window is not None and hasattr(density, "with_window"):
         density = density.with_window(capacities.window)
     if capacities.grid is None:
@@ -320,4 +355,9 @@ def power_diagram(
         out, beyond = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
         short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
+    # Moments about the seeds y_i from moments about z_i = scale * y_i (v = z_i - y_i).
+    v = y - seeds
+    second = (second + first[:, :, None] * v[:, None, :] + v[:, :, None] * first[:, None, :]
+              + mass[:, None, None] * v[:, :, None] * v[:, None, :])
+    first = first + mass[:, None] * v
     return Diagram(mass, first, second, facets, index, certified, overflow, short)

@@ -130,6 +130,13 @@ class Grid(eqx.Module):
     occupancy: int = eqx.field(static=True)  # pool slots per grid cell
 
 
+def scaled(grid: Grid, factor: Float[Array, ""]) -> Grid:
+    """The grid of the seeds ``factor * y`` (factor > 0): the same buckets and pools, scaled."""
+    return eqx.tree_at(lambda g: (g.lo, g.size, g.reach), grid,
+                       (grid.lo * factor.astype(grid.lo.dtype), grid.size * factor.astype(grid.size.dtype),
+                        grid.reach * factor.astype(grid.reach.dtype)))
+
+
 def _coarse(cells: int) -> tuple[int, int]:
     """(grid cells per coarse block along an axis, coarse blocks per axis), balancing the
     (g/C)^d coarse and (2C)^d fine tests of `excluded`."""
