@@ -127,7 +127,7 @@ class SumOfGaussians(AbstractDensity):
         return self.positions[jnp.argmax(self.weights)]
 
     def mean_and_spread(self):
-        """Closed form: $m = \sum_k w_k \mu_k / W$, spread$^2 = \sum_k w_k (d \sigma_k^2 + |\mu_k - m|^2) / W$."""
+        r"""Closed form: $m = \sum_k w_k \mu_k / W$, spread$^2 = \sum_k w_k (d \sigma_k^2 + |\mu_k - m|^2) / W$."""
         w = self.weights / jnp.sum(self.weights)
         mean = w @ self.positions
         variance = w @ (self.dim * self.sigmas**2 + jnp.sum((self.positions - mean) ** 2, -1))
