@@ -26,12 +26,8 @@ stage.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 
 import jax
@@ -46,6 +42,8 @@ from sdot_jax.geometry.diagram import Capacities  # noqa: E402
 from sdot_jax.measures import Image, SplineGrid, SumOfGaussians  # noqa: E402
 from sdot_jax.solve import continuation  # noqa: E402
 
+import _sdot  # noqa: E402 -- benchmarks/_sdot.py, beside this script
+
 SDOT_SCRIPT = r"""
 import sys, time, json, numpy as np, sdot
 folder, kind, tol = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -55,7 +53,7 @@ if kind == "image":
 elif kind == "spline":
     target = lambda: sdot.SplineGrid(np.load(folder + "/values.npy"), degree=int(sys.argv[4]))
 else:
-    g = np.load(folder + "/gaussians.npz")
+    g = {k: np.load(folder + f"/{k}.npy") for k in ("positions", "sigmas", "weights")}
     target = lambda: sdot.SumOfGaussians(g["positions"], g["sigmas"], g["weights"], support_sigmas=None)
 times = []
 for _ in range(2):  # the first run compiles the kernels it lacks
@@ -110,24 +108,16 @@ def worst_error_of(y: np.ndarray, psi: np.ndarray, density) -> float:
 
 
 def sdot_run(python: str, y: np.ndarray, density, recipe: dict, tol: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        np.save(os.path.join(tmp, "y.npy"), y)
-        if recipe["kind"] == "gaussians":
-            np.savez(os.path.join(tmp, "gaussians.npz"), **{k: recipe[k] for k in ("positions", "sigmas", "weights")})
-        else:
-            np.save(os.path.join(tmp, "values.npy"), recipe["values"])
-        script = os.path.join(tmp, "run.py")
-        with open(script, "w") as f:
-            f.write(SDOT_SCRIPT)
-        command = [python, script, tmp, recipe["kind"], str(tol), str(recipe.get("degree", 0))]
-        try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            result["ours"] = worst_error_of(y, np.load(os.path.join(tmp, "weights.npy")), density)
-            return result
-        except Exception as e:  # noqa: BLE001 -- report, do not hide
-            print(f"  sdot failed: {e} {getattr(out, 'stderr', '')[-500:] if 'out' in locals() else ''}", file=sys.stderr)
-            return dict(seconds=float("nan"), cpu=float("nan"), first=float("nan"), error=float("nan"), ours=float("nan"))
+    keys = ("positions", "sigmas", "weights") if recipe["kind"] == "gaussians" else ("values",)
+    arrays = {"y": y, **{k: recipe[k] for k in keys}}
+
+    def read(folder, result):  # sdot's weights, put through our diagram
+        result["ours"] = worst_error_of(y, np.load(os.path.join(folder, "weights.npy")), density)
+        return result
+
+    result = _sdot.run(python, SDOT_SCRIPT, arrays, [recipe["kind"], str(tol), str(recipe.get("degree", 0))], read)
+    return result or dict(seconds=float("nan"), cpu=float("nan"), first=float("nan"), error=float("nan"),
+                          ours=float("nan"))
 
 
 def table(args) -> None:

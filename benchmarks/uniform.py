@@ -15,12 +15,8 @@ each of our cases (alternating), and its seconds and the ratio are added.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 
 import jax
@@ -37,11 +33,13 @@ from sdot_jax.solve.start import initial_weights
 
 import equinox as eqx
 
+import _sdot  # noqa: E402 -- benchmarks/_sdot.py, beside this script
+
 _solve = eqx.filter_jit(optimal_weights)
 
 SDOT_SCRIPT = r"""
 import sys, time, json, numpy as np, sdot
-y = np.load(sys.argv[1]); tol = float(sys.argv[2])
+y = np.load(sys.argv[1] + "/y.npy"); tol = float(sys.argv[2])
 d = y.shape[1]
 t, c = time.perf_counter(), time.process_time()
 plan = sdot.ot_solve(sdot.SumOfDiracs(y), sdot.Box([0.0] * d, [1.0] * d), tol=tol)
@@ -95,18 +93,8 @@ def ours(y: np.ndarray, tol: float):
 
 
 def sdot_run(python: str, y: np.ndarray, tol: float):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "y.npy")
-        np.save(path, y)
-        script = os.path.join(tmp, "run.py")
-        with open(script, "w") as f:
-            f.write(SDOT_SCRIPT)
-        try:
-            out = subprocess.run([python, script, path, str(tol)], capture_output=True, text=True, timeout=3600)
-            return json.loads(out.stdout.strip().splitlines()[-1])
-        except Exception as e:  # noqa: BLE001 -- report, do not hide
-            print(f"  sdot failed: {e}", file=sys.stderr)
-            return {"seconds": float("nan"), "cpu": float("nan"), "error": float("nan")}
+    result = _sdot.run(python, SDOT_SCRIPT, {"y": y}, [str(tol)])
+    return result or {"seconds": float("nan"), "cpu": float("nan"), "error": float("nan")}
 
 
 def main():

@@ -100,6 +100,20 @@ def piecewise_moments(poly, breaks_x, breaks_y, f, origin, order=6):
     return fw.sum(), fw @ z, (z * fw[:, None]).T @ z
 
 
+def segment_reference(p0, p1, nx, ny, f):
+    """Mean of f along p0 -> p1 (grid coordinates): Gauss per piece between the grid lines of an
+    nx x ny grid on the unit square that it crosses."""
+    breaks = (np.linspace(0, 1, nx + 1), np.linspace(0, 1, ny + 1))
+    lam = [0.0, 1.0] + [(v - p0[k]) / (p1[k] - p0[k]) for k in range(2) if p1[k] != p0[k] for v in breaks[k]]
+    lam = np.unique(np.clip(lam, 0, 1))
+    x, w = np.polynomial.legendre.leggauss(6)
+    out = 0.0
+    for a0, a1 in zip(lam[:-1], lam[1:]):
+        t = a0 + (a1 - a0) * (x + 1) / 2
+        out += (a1 - a0) / 2 * np.sum(w * f(p0 + t[:, None] * (p1 - p0)))
+    return out
+
+
 def random_triangle(scale, centre):
     return centre + scale * (RNG.random((3, 2)) - 0.5)
 
@@ -172,14 +186,7 @@ def test_image_and_polynomial_grid_moments_and_facets():
             np.testing.assert_allclose(m2, r2, atol=1e-13 * abs(r0))
         # facet: a segment split where it crosses grid lines, Gauss per piece
         p0, p1 = np.array([0.12, 0.81]), np.array([0.77, 0.09])
-        lam = [0.0, 1.0] + [(v - p0[k]) / (p1[k] - p0[k]) for k in range(2) for v in b]
-        lam = np.unique(np.clip(lam, 0, 1))
-        x, w = np.polynomial.legendre.leggauss(6)
-        ref = 0.0
-        for a0, a1 in zip(lam[:-1], lam[1:]):
-            t = a0 + (a1 - a0) * (x + 1) / 2
-            ref += (a1 - a0) / 2 * np.sum(w * f(p0 + t[:, None] * (p1 - p0)))
-        ref *= np.linalg.norm(p1 - p0)
+        ref = segment_reference(p0, p1, 6, 6, f) * np.linalg.norm(p1 - p0)
         got = dens.facet_mass(jnp.asarray(p0), jnp.asarray(np.stack([np.zeros(2), p1 - p0])))
         np.testing.assert_allclose(got, ref, rtol=1e-12)
 
@@ -195,7 +202,7 @@ def test_polygon_moments_match_clipped_quadrature(kind):
     """The one-pass boundary (Green) integral of a whole polygon, in a skewed frame, against the
     polygon clipped against every grid cell and integrated by an exact rule per piece (numpy,
     in grid coordinates: x = origin + t @ frame), for an image and a bicubic `PolynomialGrid`;
-    and each edge's line integral against `facet_mass`."""
+    and each edge's line integral against Gauss rules between the grid lines it crosses."""
     rng = np.random.default_rng(7)
     nx, ny = 7, 5
     origin, frame = np.array([0.2, -0.1]), np.array([[1.3, 0.2], [0.1, 0.9]])
@@ -232,8 +239,9 @@ def test_polygon_moments_match_clipped_quadrature(kind):
         np.testing.assert_allclose(m0, jac * r0, rtol=1e-12)
         np.testing.assert_allclose(m1, jac * r1 @ frame, atol=1e-12 * jac * r0)
         np.testing.assert_allclose(m2, jac * frame.T @ r2 @ frame, atol=1e-12 * jac * r0)
-        for k in range(6):
-            ref = grid.facet_mass(jnp.asarray(centre), jnp.asarray([verts[k], verts[(k + 1) % 6]]))
+        for k in range(6):  # edge integrals: split where the edge crosses grid lines (numpy)
+            p0, p1 = poly_t[k], poly_t[(k + 1) % 6]
+            ref = segment_reference(p0, p1, nx, ny, f_grid) * np.linalg.norm(verts[(k + 1) % 6] - verts[k])
             np.testing.assert_allclose(edges[k], ref, rtol=1e-12)
         np.testing.assert_array_equal(edges[6:], 0.0)
 

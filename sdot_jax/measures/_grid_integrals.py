@@ -14,8 +14,7 @@ of the Newton Hessian).  A polygon whose bounding box needs more pieces than the
 NaN moments (so a solve fails, or grows the window, instead of using a truncated integral; see
 ``_WINDOW_MESSAGE``).  Triangles are polygons of three vertices.
 
-**Segment integrals** (`facet_mass`) are split at every grid line crossed inside the window and
-integrated with Gauss--Legendre, exact for the degree.
+**Segment integrals** (`facet_mass`) are the same pass on a segment taken as a two-vertex polygon.
 """
 
 from __future__ import annotations
@@ -115,43 +114,6 @@ def evaluate(breaks_x, breaks_y, coeffs, t):
     return jnp.where(inside, val, 0.0)
 
 
-def segment_integral(breaks_x, breaks_y, coeffs, t0, seg, window: int):
-    r"""$\int_0^1 f(t_0 + s_0 + \lambda (s_1 - s_0))\, d\lambda$, split at the grid lines crossed."""
-    kx, ky, px, py = coeffs.shape
-    wx, wy = min(window, kx), min(window, ky)
-    xs, ws = line_rule((px - 1) + (py - 1))
-    xs, ws = jnp.asarray(xs, seg.dtype), jnp.asarray(ws, seg.dtype)
-    p0, p1 = t0 + seg[0], t0 + seg[1]
-    lo, hi = jnp.minimum(p0, p1), jnp.maximum(p0, p1)
-    sx, _ = _window_start(breaks_x, lo[0], hi[0], wx)
-    sy, _ = _window_start(breaks_y, lo[1], hi[1], wy)
-    bx = jax.lax.dynamic_slice(breaks_x, (sx,), (wx + 1,))
-    by = jax.lax.dynamic_slice(breaks_y, (sy,), (wy + 1,))
-    delta = p1 - p0
-
-    def crossing(b, k):
-        dk = delta[k]
-        safe = jnp.where(dk != 0, dk, 1.0)
-        lam = jnp.where(dk != 0, (b - p0[k]) / safe, 0.0)
-        return jnp.clip(lam, 0.0, 1.0)
-
-    lams = jnp.sort(jnp.concatenate([
-        jnp.zeros(1, seg.dtype), jnp.ones(1, seg.dtype), crossing(bx, 0), crossing(by, 1)
-    ]))
-    a, b = lams[:-1], lams[1:]
-    lam = a[:, None] + (b - a)[:, None] * xs[None, :]
-    pts = p0 + lam[..., None] * delta
-    mid = p0 + ((a + b) / 2)[:, None] * delta
-    # Evaluate each sub-segment on the piece of its midpoint (the polynomial of that piece).
-    ix = jnp.clip(jnp.searchsorted(breaks_x, mid[:, 0], side="right") - 1, 0, kx - 1)
-    iy = jnp.clip(jnp.searchsorted(breaks_y, mid[:, 1], side="right") - 1, 0, ky - 1)
-    u = (pts[..., 0] - breaks_x[ix][:, None]) / (breaks_x[ix + 1] - breaks_x[ix])[:, None]
-    v = (pts[..., 1] - breaks_y[iy][:, None]) / (breaks_y[iy + 1] - breaks_y[iy])[:, None]
-    val = jnp.einsum("sqa,sab,sqb->sq", _powers(u, px - 1), coeffs[ix, iy], _powers(v, py - 1))
-    inside = jnp.all((mid >= 0) & (mid <= 1), -1)
-    return jnp.sum(jnp.where(inside, (b - a) * (val @ ws), 0.0))
-
-
 def total_integral(breaks_x, breaks_y, coeffs):
     r"""$\int_{[0,1]^2} f\,dt$, exact."""
     kx, ky, px, py = coeffs.shape
@@ -220,13 +182,11 @@ class GridMoments(eqx.Module):
         return jac * m0, jac * (m1 @ f), jac * (f.T @ m2 @ f), length * mean
 
     def facet_mass(self, origin, facet):
-        finv = jnp.linalg.inv(self.frame)
-        t0 = (origin - self.origin) @ finv
-        seg = facet @ finv
-        diff = facet[1] - facet[0]
-        length2 = jnp.sum(diff**2)
-        length = jnp.where(length2 > 0, jnp.sqrt(jnp.where(length2 > 0, length2, 1.0)), 0.0)
-        return length * segment_integral(self.breaks_x, self.breaks_y, self.coeffs, t0, seg, self.window)
+        """The line integral over the segment ``origin + facet``: the edge pass of
+        `polygon_moments` on the segment taken as a two-vertex polygon (NaN, like the moments,
+        when it spans more pieces than the window)."""
+        m0, _, _, edges = self.polygon_moments(origin, facet, facet[::-1], jnp.ones(2, bool))
+        return jnp.where(jnp.isnan(m0), jnp.nan, edges[0])
 
     def total_mass(self):
         return jnp.abs(jnp.linalg.det(self.frame)) * total_integral(self.breaks_x, self.breaks_y, self.coeffs)
