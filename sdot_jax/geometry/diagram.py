@@ -148,15 +148,11 @@ def cell_integrals(y, psi, density, candidates: Int[Array, "n k"], capacities: "
     return jax.lax.map(one, (jnp.arange(n), candidates), batch_size=min(4096 if d <= 2 else 256, n))
 
 
-def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad):
-    r"""Whether a seed of ``pool`` (all seeds when None), other than the clipped candidates at
-    ``slot``, cuts the cell (its vertices ``verts`` where ``live``, at most ``radius`` from
-    $y_i$): at some vertex $z$ the excess $2 \langle z, \delta_j \rangle - |\delta_j|^2 - \psi_i +
-    \psi_j$ ($\delta_j = y_j - y_i$; positive: closer in power to j) is positive beyond rounding."""
-    n = psi_pad.shape[0] - 1
-    ys = y_pad[:n] if pool is None else y_pad[pool]
-    psis = psi_pad[:n] if pool is None else psi_pad[pool]
-    ids = jnp.arange(n) if pool is None else pool
+def _excess(verts, live, radius, y_i, psi_i, ys, psis):
+    r"""How deep each seed of ``ys`` cuts the cell (vertices ``verts`` where ``live``, at most
+    ``radius`` from $y_i$): the largest excess $2 \langle z, \delta_j \rangle - |\delta_j|^2 -
+    \psi_i + \psi_j$ over its vertices $z$ ($\delta_j = y_j - y_i$; positive: closer in power to
+    j), and the rounding tolerance of that excess.  The cell's own facets have excess ~0."""
     delta = ys - y_i
     norm2 = jnp.sum(delta**2, -1)
     # The support function of the cell in each direction delta_j (a max, then one comparison per
@@ -167,9 +163,45 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad)
     # bisector shows an excess up to ~ eps |z| |y|, on top of the relative errors of each term.
     magnitude = jnp.max(jnp.abs(y_i)) + jnp.max(jnp.abs(ys), -1)
     scale = norm2 + 2 * radius * (jnp.sqrt(norm2) + magnitude) + jnp.abs(psi_i) + jnp.abs(psis)
-    tol = 64 * jnp.finfo(verts.dtype).eps * scale
+    return excess, 64 * jnp.finfo(verts.dtype).eps * scale
+
+
+def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad):
+    """Whether a seed of ``pool`` (all seeds when None), other than the clipped candidates at
+    ``slot``, cuts the cell beyond rounding (see `_excess`)."""
+    n = psi_pad.shape[0] - 1
+    ys = y_pad[:n] if pool is None else y_pad[pool]
+    psis = psi_pad[:n] if pool is None else psi_pad[pool]
+    ids = jnp.arange(n) if pool is None else pool
+    excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)
     bad = (excess > tol) & (ids < n) & (ids != i)
     return jnp.any(bad.at[slot].set(False, mode="drop"))
+
+
+def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
+    """The candidates of ``rows`` re-ranked among all seeds by how deep they cut the cell clipped
+    by ``cand``: that cell contains the true one, so every true neighbour either bounds it
+    already (excess ~0) or cuts it (excess > 0), and the first k by excess hold them all unless
+    more than k seeds cut it.  Finds the neighbours that no ranking by distance reaches, e.g.
+    along the long cells beyond the Diracs' convex hull (hull vertices far apart)."""
+    n, d = y.shape
+    k = cand.index.shape[1]
+    kernel = kernel_for(d)
+    y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
+    psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
+
+    def one(args):
+        i, idx = args
+        poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
+        r = jnp.sqrt(kernel.squared_radius(poly))
+        excess, _ = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], y, psi)
+        # (float32: only an order, and lax.top_k in float64 is 20-40x slower on CPU.)
+        score = jnp.where(jnp.arange(n) == i, -jnp.inf, excess).astype(jnp.float32)
+        return jax.lax.top_k(score, k)[1].astype(idx.dtype)
+
+    batch = max(8, min(1024, 2**24 // (n * capacity)))
+    index = jax.lax.map(one, (rows, cand.index), batch_size=min(batch, rows.shape[0]))
+    return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None):
@@ -263,8 +295,12 @@ def _ring_stage(out, y, psi, density, grid, field, *, size: int, k: int, capacit
 
 
 def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int):
-    """Redo up to ``size`` uncertified cells with k candidates among all seeds."""
-    search = lambda rows: neighbours.brute_force(y, psi, k, rows=rows)  # noqa: E731
+    """Redo up to ``size`` uncertified cells with k candidates among all seeds: the nearest (see
+    `neighbours.brute_force`), then those that cut the cell they clip deepest (`_deepest_cuts`)."""
+
+    def search(rows):
+        return _deepest_cuts(rows, neighbours.brute_force(y, psi, k, rows=rows), y, psi, density, capacity)
+
     return _redo(out, size, search, y, psi, density, capacity)
 
 
