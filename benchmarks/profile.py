@@ -1,7 +1,8 @@
-"""Time the pieces of one power diagram and one Newton linear solve (uniform Diracs, psi = 0).
+"""Time the pieces of one power diagram and one Newton linear solve (uniform Diracs, psi = 0 or optimal).
 
     python benchmarks/profile.py 2 1e4              # d, n
     python benchmarks/profile.py 2 1e4 image 4      # a 32x32 image of 90:1 contrast, window 4
+    python benchmarks/profile.py 2 1e4 optimal      # at the optimal weights (solved first)
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping, integration, pool certificate, the whole diagram and a multigrid-CG solve.
@@ -49,6 +50,9 @@ def main():
         window = int(sys.argv[4]) if len(sys.argv) > 4 else None
         caps = dg.Capacities(caps.vertices, caps.candidates, caps.fallback, caps.grid, window)
         density = density if window is None else density.with_window(window)
+    if "optimal" in sys.argv[3:]:
+        from sdot_jax import optimal_transport_plan
+        psi = optimal_transport_plan(y, density, tol=1e-6, capacities=caps).weights
     print(caps)
     if caps.grid is None:
         raise SystemExit("n <= 4096 uses the exhaustive search: profile a larger n.")

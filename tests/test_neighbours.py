@@ -129,3 +129,37 @@ def test_long_cells_beyond_the_hull_are_certified_exactly():
     np.testing.assert_allclose(d.mass, mass, rtol=1e-10, atol=1e-15)
     some, _ = every(jnp.asarray(y), psi, jnp.asarray(others[:, :3], jnp.int32))
     assert np.all(np.asarray(some) >= np.asarray(mass) * (1 - 1e-12))
+
+
+def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells():
+    """`neighbours.excluded_at_vertices` claims that no seed beyond a cell's ring-2 pool cuts it.
+    Checked against every such seed at every vertex (where the cut would show: the power
+    difference to a seed is affine), for weights whose quadratic part stretches (alpha < 0) or
+    shrinks (alpha > 0) the cells 2-4 fold.  The ball bound of `neighbours.excluded` certified
+    8% and 17% of these cells; the vertex bound must reach nearly all those truly certifiable."""
+    from sdot_jax.geometry import diagram
+    from sdot_jax.geometry.kernels import kernel_for
+
+    n = 2000
+    y = jnp.asarray(np.random.default_rng(5).random((n, 2)))
+    kernel = kernel_for(2)
+    box = Box(-3 * np.ones(2), 4 * np.ones(2)).with_dim(2)
+    for alpha in (-3.0, 0.3):
+        psi = alpha * jnp.sum((y - 0.5) ** 2, -1) + 1e-5 * jnp.asarray(np.random.default_rng(6).standard_normal(n))
+        grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0))
+        field = neighbours.far_field(grid, psi, y)
+        cand = neighbours.brute_force(y, psi, 32)
+        y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, 2))]), jnp.concatenate([psi, jnp.zeros(1)])
+
+        def check(i):
+            poly = diagram.clip_cell(y[i], psi[i], cand.index[i], y_pad, psi_pad, box, 32)
+            verts, live = y[i] + poly.vertices, kernel.live_mask(poly)
+            claim = neighbours.excluded_at_vertices(grid, field, grid.coords[i], y[i], psi[i], verts, live, ring=2)
+            beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 2, -1)
+            own = jnp.sum((verts - y[i]) ** 2, -1) - psi[i]
+            other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
+            return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf))
+
+        claim, worst = (np.asarray(a) for a in jax.jit(jax.vmap(check))(jnp.arange(n)))
+        assert not np.any(claim & (worst < -1e-12))  # sound
+        assert claim.mean() >= 0.98 * (worst > 0).mean()  # measured on another draw: 99.6% of 100%, 99.3% of 99.4%

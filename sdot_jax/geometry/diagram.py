@@ -204,10 +204,11 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
-def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None):
+def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates.
     ``far_test(i, shift, centre, radius, power)``: whether the seeds outside the pool are
-    excluded by the grid's block bounds (`neighbours.excluded`); None: by ``reach`` alone."""
+    excluded by the grid's block bounds (`neighbours.excluded`); None: by ``reach`` alone.
+    ``vertex_test(i, vertices, live)``: the same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -232,6 +233,8 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
             for g in (shift, jnp.zeros_like(shift)):
                 power = jnp.max(jnp.where(live, jnp.sum((verts - g) ** 2, -1), 0.0))
                 far = far | ((reach > 0) & far_test(i, g, y[i] + mean, spread, power))
+        if vertex_test is not None:
+            far = far | ((reach > 0) & vertex_test(i, y[i] + verts, live))
         cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad)
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         certified = kernel.is_empty(poly) | (far & ~cut)
@@ -254,7 +257,7 @@ def _shrink(distance, scale):
     return distance * (1 - 1e-5) - 1e-6 * scale
 
 
-def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None):
+def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None, vertex_test=None):
     """Recompute up to ``size`` uncertified cells with the candidates ``search(rows)`` gives
     (more than k of them); facets are compacted back into k slots (else: uncertified)."""
     mass, first, second, facets, certified, overflow, index = out
@@ -264,7 +267,7 @@ def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None)
     redo_ok = redo < n
     safe = jnp.where(redo_ok, redo, 0)
     found = search(safe)
-    res = _cells(safe, found, y, psi, density, capacity, far_test=far_test)
+    res = _cells(safe, found, y, psi, density, capacity, far_test=far_test, vertex_test=vertex_test)
     target = jnp.where(redo_ok, redo, n)
     mass, first, second, overflow = (
         old.at[target].set(new, mode="drop")
@@ -288,10 +291,18 @@ def _far_test(grid, field, y, psi, ring: int):
         grid, field, grid.coords[i], y[i], psi[i], shift, *cell, ring=ring)
 
 
+def _vertex_test(grid, field, y, psi, ring: int):
+    """The same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
+    return lambda i, vertices, live: neighbours.excluded_at_vertices(
+        grid, field, grid.coords[i], y[i], psi[i], vertices, live, ring=ring)
+
+
 def _ring_stage(out, y, psi, density, grid, field, *, size: int, k: int, capacity: int):
-    """Redo up to ``size`` uncertified cells with k candidates from the ring-2 pool."""
+    """Redo up to ``size`` uncertified cells with k candidates from the ring-2 pool, their far
+    field bounded both ways (`neighbours.excluded` and, for long cells, vertex by vertex)."""
     search = lambda rows: neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2)  # noqa: E731
-    return _redo(out, size, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2))
+    return _redo(out, size, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2),
+                 _vertex_test(grid, field, y, psi, 2))
 
 
 def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int):

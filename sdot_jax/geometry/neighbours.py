@@ -193,6 +193,39 @@ def _unflat(count: int, cells: int, d: int) -> Int[Array, "count d"]:
     return jnp.stack([(flat // cells**k) % cells for k in range(d)], -1)
 
 
+def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
+    """The blocks `excluded` tests for a seed in grid cell ``coords``: every grid cell of a window
+    of $W^d$ coarse blocks around its ring-``ring`` pool (minus the pool itself), then every
+    coarse block outside the window.  For each set: (top, slope, largest, lo, hi), empty or
+    skipped blocks with top = -inf; ``lo``/``hi`` widened by the float32 bucketing slack."""
+    g, d = grid.cells, coords.shape[0]
+    c, gc = _coarse(g)
+    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
+    slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
+    window = -(-2 * ring // c) + 1  # coarse blocks per axis covering the pool
+    base = (coords - ring) // c
+
+    offsets = jnp.asarray(np.array(list(itertools.product(range(window * c), repeat=d)), np.int32))
+    f = base * c + offsets
+    in_grid = jnp.all((f >= 0) & (f < g), -1)
+    in_pool = jnp.all(jnp.abs(f - coords) <= ring, -1)
+    flat = _flat(jnp.clip(f, 0, g - 1), g)
+    fine = (jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
+            field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
+
+    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
+    in_window = jnp.all((blocks - base >= 0) & (blocks - base < window), -1)
+    flat = _flat(blocks, gc)
+    coarse = (jnp.where(in_window, -jnp.inf, field.coarse_top[flat]), field.coarse_slope[flat],
+              field.coarse_largest[flat], lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack)
+    return fine, coarse
+
+
+def _gap(points, lo, hi):
+    """Distances from points to boxes ``[lo, hi]`` (broadcast; the last axis is d)."""
+    return jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(lo - points, points - hi)), axis=-1)
+
+
 def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power, ring: int = 1
              ) -> Bool[Array, ""]:
     r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords``, ``seed``,
@@ -204,25 +237,15 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
     ``radius``) and $|w - y_i|^2 \le$ ``power`` on it; over a block Q of centre $c_Q$ and
     half-diagonal $R_Q$, $\tilde\psi_j + \psi_i - 2 \langle g, c_Q - y_i\rangle \le \min($top$_Q + 2
     |\mathrm{slope}_Q + g| R_Q$, largest$_Q + 2 |g| R_Q)$, so Q is excluded when $(\mathrm{dist}(\text{ball centre}, Q) -
-    \text{radius})_+^2$ minus that exceeds ``power``.  Tested against every grid cell of a window
-    of $W^d$ coarse blocks around the pool of ring ``ring`` (minus the pool itself), and against
-    every coarse block outside the window.
+    \text{radius})_+^2$ minus that exceeds ``power`` (blocks from `_blocks_outside_pool`).
     """
-    g, d = grid.cells, coords.shape[0]
-    c, gc = _coarse(g)
     dtype = centre.dtype
-    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
-    slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
-    window = -(-2 * ring // c) + 1  # coarse blocks per axis covering the pool
-    base = (coords - ring) // c
     ball = centre - shift
 
     def ok(top, slope, largest, block_lo, block_hi):
-        half = 0.5 * (block_hi - block_lo) + slack
+        near = jnp.maximum(_gap(ball, block_lo, block_hi) - radius, 0.0)
+        half_diagonal = jnp.linalg.norm(0.5 * (block_hi - block_lo), axis=-1)
         mid = 0.5 * (block_lo + block_hi)
-        gap = jnp.linalg.norm(jnp.maximum(0.0, jnp.abs(ball - mid) - half), axis=-1)
-        near = jnp.maximum(gap - radius, 0.0)
-        half_diagonal = jnp.linalg.norm(half, axis=-1)
         lifted = 2 * (mid - seed) @ shift - weight + jnp.minimum(
             top + 2 * jnp.linalg.norm(slope + shift, axis=-1) * half_diagonal,
             largest + 2 * jnp.linalg.norm(shift) * half_diagonal,
@@ -231,21 +254,39 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
                                              + radius**2 + jnp.abs(lifted))
         return jnp.all(jnp.isneginf(top) | (near**2 - lifted > power + margin))
 
-    offsets = jnp.asarray(np.array(list(itertools.product(range(window * c), repeat=d)), np.int32))
-    f = base * c + offsets
-    in_grid = jnp.all((f >= 0) & (f < g), -1)
-    in_pool = jnp.all(jnp.abs(f - coords) <= ring, -1)
-    flat = _flat(jnp.clip(f, 0, g - 1), g)
-    top = jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf)
-    fine_ok = ok(top, field.fine_slope[flat], field.fine_largest[flat], lo + f * size, lo + (f + 1) * size)
+    fine, coarse = _blocks_outside_pool(grid, field, coords, ring, dtype)
+    return ok(*fine) & ok(*coarse)
 
-    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
-    in_window = jnp.all((blocks - base >= 0) & (blocks - base < window), -1)
-    flat = _flat(blocks, gc)
-    top = jnp.where(in_window, -jnp.inf, field.coarse_top[flat])
-    coarse_ok = ok(top, field.coarse_slope[flat], field.coarse_largest[flat], lo + blocks * c * size,
-                   lo + (blocks + 1) * c * size)
-    return fine_ok & coarse_ok
+
+def excluded_at_vertices(grid: Grid, field: FarField, coords, seed, weight, vertices, live, ring: int = 1
+                         ) -> Bool[Array, ""]:
+    r"""`excluded` for long or displaced cells, vertex by vertex in each block's own gauge.
+
+    For the seeds j of a block Q, $f_j(x) = |x - y_j|^2 - \psi_j - |x - y_i|^2 + \psi_i$ is affine
+    in $x$, so $\min_j f_j$ is concave and its minimum over the cell is at a vertex: Q cannot cut
+    the cell when, at every vertex $x$ (``vertices``, absolute, where ``live``), a lower bound of
+    $|x - y_j|^2 - \psi_j$ over Q exceeds $|x - y_i|^2 - \psi_i$.  With $\psi_j \le$ top$_Q + 2
+    \langle s_Q, y_j - c_Q \rangle$ (s = slope$_Q$: the block's own gauge),
+    $|x - y_j|^2 - \psi_j \ge \mathrm{dist}(x + s_Q, Q)^2 - |s_Q|^2 - 2 \langle s_Q, x - c_Q
+    \rangle - \mathrm{top}_Q$, and also $\ge \mathrm{dist}(x, Q)^2 - \mathrm{largest}_Q$.  Tight
+    for cells stretched across many grid cells (the tails of a Gaussian mixture), where the
+    ball of `excluded` covers every block; costs O(vertices) times more.
+    """
+    dtype = vertices.dtype
+    own = jnp.sum((vertices - seed) ** 2, -1) - weight  # (V,)
+
+    def ok(top, slope, largest, block_lo, block_hi):
+        mid = 0.5 * (block_lo + block_hi)
+        moved = vertices[:, None, :] + slope[None]  # (V, B, d)
+        affine = (_gap(moved, block_lo, block_hi) ** 2 - jnp.sum(slope**2, -1)
+                  - 2 * jnp.sum(slope * (vertices[:, None, :] - mid), -1) - top)
+        bound = jnp.maximum(affine, _gap(vertices[:, None, :], block_lo, block_hi) ** 2 - largest)  # (V, B)
+        margin = 64 * jnp.finfo(dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(own)[:, None]
+                                             + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
+        return jnp.all(jnp.isneginf(top)[None] | (bound > own[:, None] + margin) | ~live[:, None])
+
+    fine, coarse = _blocks_outside_pool(grid, field, coords, ring, dtype)
+    return ok(*fine) & ok(*coarse)
 
 
 def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[int, int]:
