@@ -47,7 +47,7 @@ def main():
     caps = dg.Capacities.default(n, d, np.asarray(y))
     if len(sys.argv) > 3 and sys.argv[3] == "image":  # pixels 1 or 90 at random (issue 4's hard image)
         density = Image(np.where(np.random.default_rng(0).random((32, 32)) < 0.5, 1.0, 90.0))
-        window = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        window = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4].isdigit() else None
         caps = dg.Capacities(caps.vertices, caps.candidates, caps.fallback, caps.grid, window)
         density = density if window is None else density.with_window(window)
     if "optimal" in sys.argv[3:]:

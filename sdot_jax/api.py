@@ -177,9 +177,10 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
             raise RuntimeError(
                 f"more power cells were left uncertified by the grid neighbour search than the "
                 f"fallback stages can redo, with every cell in the fallback ({capacities}).  The "
-                "search's certificate assumes weights close to affine over a few grid cells; it "
-                "fails for strongly quadratic weights, i.e. a target much more concentrated than "
-                "the Diracs' cloud at n > 4096 (a known limitation, see the README)."
+                "search's certificate assumes weights close to affine over a few grid cells, and "
+                "the exhaustive stage redoes a fixed number of cells; many cells far longer than "
+                "the Diracs' spacing (e.g. Diracs clustered near a line) exceed both at n > 4096 "
+                "(a known limitation, see the README)."
             )
         if grown == capacities or grown.vertices > 4096 or grown.candidates > 8 * first.candidates:
             raise RuntimeError(

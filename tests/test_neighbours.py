@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import box_halfspaces, reference_diagram
 
 from sdot_jax import Box
 from sdot_jax.geometry import neighbours
@@ -112,7 +113,7 @@ def test_long_cells_beyond_the_hull_are_certified_exactly(cloud):
     any ranking by distance; along the strip up to ~2000 seeds cut the first polygon.  Without
     the fallback's re-ranking by depth of cut, 5 of the square's 1000 cells stayed uncertified;
     with one round that kept only the deepest cuts, 6 of the strip's 2000.  Reference: every
-    cell clipped by every other seed.  A cell clipped by only some of its neighbours contains
+    cell by scipy's half-space intersection against every other seed (`helpers.reference_diagram`).  A cell clipped by only some of its neighbours contains
     the true one, so its mass is an upper bound (Newton rejects a trial on such a bound without
     certifying it)."""
     from sdot_jax.geometry.diagram import cell_integrals
@@ -134,12 +135,12 @@ def test_long_cells_beyond_the_hull_are_certified_exactly(cloud):
     assert np.asarray(d.certified).all()
     np.testing.assert_allclose(float(d.mass.sum()), 1.0, rtol=1e-12)
 
-    others = np.argsort(np.sum((y[:, None] - y[None]) ** 2, -1), axis=1)[:, 1:]  # nearest first
-    every = jax.jit(lambda y, p, c: cell_integrals(y, p, box, c, Capacities(64, n - 1, 1, None)))
-    mass, _ = every(jnp.asarray(y), psi, jnp.asarray(others, jnp.int32))
-    np.testing.assert_allclose(d.mass, mass, rtol=1e-10, atol=1e-15)
-    some, _ = every(jnp.asarray(y), psi, jnp.asarray(others[:, :3], jnp.int32))
-    assert np.all(np.asarray(some) >= np.asarray(mass) * (1 - 1e-12))
+    ref = reference_diagram(y, np.zeros(n), *box_halfspaces([0, 0], [1, 1]))["mass"]
+    np.testing.assert_allclose(d.mass, ref, rtol=1e-10, atol=1e-15)
+    nearest = np.argsort(np.sum((y[:, None] - y[None]) ** 2, -1), axis=1)[:, 1:4]
+    some, _ = jax.jit(lambda y, p, c: cell_integrals(y, p, box, c, caps))(jnp.asarray(y), psi,
+                                                                           jnp.asarray(nearest, jnp.int32))
+    assert np.all(np.asarray(some) >= ref * (1 - 1e-12))
 
 
 def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells():

@@ -179,23 +179,23 @@ def newton(
         psi_t = s.psi + s.t * s.direction
         diagram = power_diagram(y, psi_t, density, capacities, grid, cond=cond_any)
         m_t = diagram.mass / total
-        overflowed = jnp.any(diagram.overflow)
-        uncertain = ~jnp.all(diagram.certified)
-        # A trial at a long step that is short of fallback or window is most likely a wild one
-        # that the line search rejects anyway: stop to grow capacities only from GROW_BELOW_STEP.
-        may_grow = initial | (s.t <= GROW_BELOW_STEP)
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
         # is an upper bound: one below eps0 rejects the trial whatever the missing seeds would
-        # cut, and no capacity has to grow for it (the Gaussian mixture at n = 1e4: the trials
-        # at t = 1 ... 1/32 emptied cells and left up to 8538 cells uncertified).
+        # cut, and no capacity is blamed (the Gaussian mixture at n = 1e4: the trials at t = 1
+        # ... 1/32 emptied cells and left up to 8538 cells uncertified).
         doomed = ~initial & jnp.any(~diagram.overflow & (m_t < eps0))
-        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan & may_grow & ~doomed
-        failed = (overflowed | uncertain | window_short) & ~doomed
+        overflowed = jnp.any(diagram.overflow) & ~doomed
+        uncertain = ~jnp.all(diagram.certified) & ~doomed
+        # A trial at a long step that is short of fallback or window is most likely a wild one
+        # that the line search rejects anyway: stop to grow capacities only from GROW_BELOW_STEP.
+        may_grow = (initial | (s.t <= GROW_BELOW_STEP)) & ~doomed
+        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan & may_grow
+        failed = overflowed | uncertain | window_short
         decrease = jnp.linalg.norm(m_t - a) <= (1 - s.t / 2) * jnp.linalg.norm(s.diagram.mass / total - a)
         accepted = ~failed & (initial | ((jnp.min(m_t) >= eps0) & decrease))
         tries = s.tries + 1
-        short = diagram.short & stop_when_short & may_grow & ~doomed
+        short = diagram.short & stop_when_short & may_grow
         gave_up = ~accepted & (initial | (tries >= 30) | short | window_short)
         err = _relative_error(m_t, a)
         iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
@@ -251,8 +251,8 @@ def newton(
             evaluations=s.evaluations + 1 + (renew & smooth),
             status=status,
             done=finished | solve_failed,
-            vertex_overflow=jnp.where(accepted, False, s.vertex_overflow | (overflowed & ~doomed)),
-            uncertified=jnp.where(accepted, False, s.uncertified | (uncertain & ~doomed)),
+            vertex_overflow=jnp.where(accepted, False, s.vertex_overflow | overflowed),
+            uncertified=jnp.where(accepted, False, s.uncertified | uncertain),
             fallback_short=jnp.where(accepted, False, s.fallback_short | short),
             window_short=jnp.where(accepted, False, s.window_short | window_short),
             smoothed=jnp.where(renew, smooth, s.smoothed),
