@@ -3,6 +3,7 @@
     python benchmarks/profile.py 2 1e4              # d, n
     python benchmarks/profile.py 2 1e4 image 4      # a 32x32 image of 90:1 contrast, window 4
     python benchmarks/profile.py 2 1e4 optimal      # at the optimal weights (solved first)
+    python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping, integration, pool certificate, the whole diagram and a multigrid-CG solve.
@@ -42,6 +43,8 @@ def timeit(name, f, *args, reps=3):
 def main():
     d, n = int(sys.argv[1]), int(float(sys.argv[2]))
     y = jnp.asarray(np.random.default_rng(0).random((n, d)))
+    if "sorted" in sys.argv[3:]:
+        y = y[multigrid.morton_order(y)]
     psi = jnp.zeros(n)
     density = Box().with_dim(d)
     caps = dg.Capacities.default(n, d, np.asarray(y))

@@ -63,12 +63,13 @@ def facet_measure(points: np.ndarray, normal: np.ndarray) -> float:
         return 0.0
 
 
-def reference_diagram(y, psi, A, b, *, hessian: bool = False, near: int = 40):
+def reference_diagram(y, psi, A, b, *, hessian: bool = False, near: int = 40, cells=None):
     """Independent power diagram of seeds ``y`` with weights ``psi`` restricted to ``A x <= b``.
 
     Returns a dict with ``mass`` (n,), ``first`` (n, d) = int x, ``second`` (n,) =
     int |x - y_i|^2, and with ``hessian=True`` a sparse ``facet`` matrix (facet measures between
-    cells).  Unnormalised (Lebesgue measure).
+    cells).  Unnormalised (Lebesgue measure).  ``cells``: the indices to compute (default all);
+    the other rows are left zero.
     """
     y, psi = np.asarray(y, float), np.asarray(psi, float)
     A, b = np.asarray(A, float), np.asarray(b, float)
@@ -76,7 +77,7 @@ def reference_diagram(y, psi, A, b, *, hessian: bool = False, near: int = 40):
     mass, first, second = np.zeros(n), np.zeros((n, d)), np.zeros(n)
     rows, cols, vals = [], [], []
     sq = np.sum(y**2, 1)
-    for i in range(n):
+    for i in range(n) if cells is None else cells:
         # Candidates: the `near` nearest seeds; the cell they cut out is then checked against every
         # seed (all vertices must satisfy all bisectors), and rebuilt from all seeds if it fails.
         order = np.argsort(np.sum((y - y[i]) ** 2, 1))

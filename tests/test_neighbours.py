@@ -41,52 +41,42 @@ def test_grid_diagram_partitions_the_square_uniform_and_clustered():
             np.testing.assert_allclose(float(d.mass.sum()), 1.0, rtol=1e-12)
         else:
             assert not certified.all()
-        # Certified cells agree with the exhaustive search on a sample.
-        sample = np.nonzero(certified)[0][:: max(1, N // 50)]
-        caps_b = Capacities(caps.vertices, 64, caps.fallback, None)
-        ref = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps_b))(jnp.asarray(y), jnp.zeros(N))
-        np.testing.assert_allclose(np.asarray(d.mass)[sample], np.asarray(ref.mass)[sample], rtol=1e-10)
+        # Certified cells agree with scipy's half-space intersection against every seed, on a sample.
+        sample = np.nonzero(certified)[0][:: max(1, N // 100)]
+        ref = reference_diagram(y, np.zeros(N), *box_halfspaces([0, 0], [1, 1]), cells=sample)["mass"]
+        np.testing.assert_allclose(np.asarray(d.mass)[sample], ref[sample], rtol=1e-10)
 
 
 def test_cells_from_known_neighbours_match_a_searched_diagram():
     """`cell_integrals` clips each cell by the neighbours of a certified diagram (no search, no
-    certificate): at the same weights its integrals of another density over those cells equal
-    a full diagram of that density, cells redone by the fallback stages included."""
+    certificate): at the same weights its masses and facet integrals equal the diagram's, cells
+    redone by the fallback stages included.  (The smoothed Hessian integrates another density
+    over these cells: `test_continuation.py`; density integrals: `test_densities.py`.)"""
     from sdot_jax.geometry.diagram import cell_integrals
-    from sdot_jax.measures import Image
 
     rng = np.random.default_rng(4)
     y = rng.random((N, 2))
     y[: N // 2, 0] = np.clip(0.5 + 0.03 * rng.standard_normal(N // 2), 0, 1)  # half near x = 1/2
     psi = 1e-4 * rng.standard_normal(N)
     caps = Capacities.default(N, 2, y)
-    box = _diagram(y, psi, caps)
-    while not np.asarray(box.certified).all():  # as the solver does
+    diagram = _diagram(y, psi, caps)
+    while not np.asarray(diagram.certified).all():  # as the solver does
         caps = caps.grown(candidates=True, n=N)
-        box = _diagram(y, psi, caps)
-    image = Image(0.5 + rng.random((16, 16)))
-    ref = jax.jit(lambda y, p: power_diagram(y, p, image, caps, neighbours.build_grid(y, *caps.grid)))(
-        jnp.asarray(y), jnp.asarray(psi))
-    assert np.asarray(ref.certified).all()
-    for density, diagram in ((Box().with_dim(2), box), (image, ref)):
-        mass, facets = jax.jit(lambda y, p, c: cell_integrals(y, p, density, c, caps))(
-            jnp.asarray(y), jnp.asarray(psi), box.candidates)
-        np.testing.assert_allclose(mass, diagram.mass, rtol=1e-12, atol=1e-17)
-        # facets per neighbour id (the two diagrams may order their candidates differently)
-        got_by, want_by = np.zeros((N, N + 1)), np.zeros((N, N + 1))
-        rows = np.arange(N)[:, None]
-        np.add.at(got_by, (rows, np.asarray(box.candidates)), np.asarray(facets))
-        np.add.at(want_by, (rows, np.asarray(diagram.candidates)), np.asarray(diagram.facet_mass))
-        # Candidates clipped in another order move each vertex by rounding (~1e-16 of the unit
-        # square), so a facet integral differs by ~1e-16 x density in absolute terms.
-        np.testing.assert_allclose(got_by[:, :N], want_by[:, :N], rtol=1e-12, atol=1e-14)
+        diagram = _diagram(y, psi, caps)
+    box = Box().with_dim(2)
+    mass, facets = jax.jit(lambda y, p, c: cell_integrals(y, p, box, c, caps))(
+        jnp.asarray(y), jnp.asarray(psi), diagram.candidates)
+    np.testing.assert_allclose(mass, diagram.mass, rtol=1e-12, atol=1e-17)
+    # A redone cell's candidates are clipped in another order, which moves each vertex by
+    # rounding (~1e-16 of the unit square): a facet integral differs by ~1e-16 in absolute terms.
+    np.testing.assert_allclose(facets, diagram.facet_mass, rtol=1e-12, atol=1e-14)
 
 
 def test_strongly_quadratic_weights_are_certified_in_the_quadratic_gauge():
     """Weights 0.4 |y - c|^2 (cells shrunk towards c: a target more concentrated than the
     Diracs) left every grid cell uncertified before the quadratic gauge; now every cell is
     certified, the areas sum to the square's, and masses and moments (moved back to the seeds
-    from the gauge's) agree with the exhaustive search, which uses no gauge."""
+    from the gauge's) agree with scipy's half-space intersection against every seed (no gauge)."""
     from sdot_jax.geometry import diagram as dg
 
     rng = np.random.default_rng(6)
@@ -98,9 +88,11 @@ def test_strongly_quadratic_weights_are_certified_in_the_quadratic_gauge():
     assert np.asarray(d.certified).all()
     np.testing.assert_allclose(float(d.mass.sum()), 1.0, rtol=1e-12)
     sample = np.arange(0, N, N // 50)
-    caps_b = Capacities(caps.vertices, 64, caps.fallback, None)
-    ref = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps_b))(jnp.asarray(y), jnp.asarray(psi))
-    for got, want in zip((d.mass, d.first_moment, d.second_moment), (ref.mass, ref.first_moment, ref.second_moment)):
+    ref = reference_diagram(y, psi, *box_halfspaces([0, 0], [1, 1]), cells=sample)
+    mass = np.asarray(d.mass)
+    first = np.asarray(d.first_moment) + mass[:, None] * y  # int x, as the reference's
+    second = np.trace(np.asarray(d.second_moment), axis1=1, axis2=2)  # int |x - y_i|^2
+    for got, want in zip((mass, first, second), (ref["mass"], ref["first"], ref["second"])):
         # The gauge's weights (psi minus a quadratic) carry ~1e-16 absolute rounding, so a small
         # cell's integrals differ by ~1e-15 of the total mass (1 here), not of their own size.
         np.testing.assert_allclose(np.asarray(got)[sample], np.asarray(want)[sample], rtol=1e-10, atol=1e-14)
