@@ -99,8 +99,8 @@ def test_brief_example_pattern():
 
 
 def test_cond_any_keeps_each_problems_branch():
-    """Under vmap, `cond_any` runs the expensive branch for the whole batch but keeps its result
-    only where the problem's own predicate holds (and equals lax.cond unbatched)."""
+    """Under vmap, `cond_any` keeps the expensive branch's result only where the problem's own
+    predicate holds (and equals lax.cond unbatched)."""
     from sdot_jax._batching import cond_any
 
     def f(x, c):
@@ -113,3 +113,31 @@ def test_cond_any_keeps_each_problems_branch():
     np.testing.assert_array_equal(jax.vmap(jax.vmap(f), in_axes=(0, None))(jnp.stack([xs, -xs]), jnp.ones(3))[0],
                                   expected)
     np.testing.assert_array_equal(f(xs[1], 1.0), xs[1])
+
+
+@pytest.mark.parametrize("concerned", [0, 1, 3, 9, 13, 20])
+@pytest.mark.parametrize("branch", ["cond_any", "for_active"])
+def test_batched_branch_runs_only_for_the_problems_concerned(concerned, branch):
+    """B = 20 problems, the branch taken by `concerned` of them (at random places): it runs on
+    sub-batches of ceil(20 / 8) = 3 problems gathered from those (3 -> 3 runs, 9 -> 9, 1 -> 3:
+    a sub-batch padded by repeating one), whichever of the two helpers."""
+    from sdot_jax import _batching
+
+    runs = []
+
+    def expensive(x, c):
+        jax.debug.callback(lambda v: runs.append(float(v)), x[0])  # once per problem it runs on
+        return jnp.sin(x) * c
+
+    def f(x, c):
+        return getattr(_batching, branch)(x[0] > 0, expensive, lambda x, c: -x, x, c)
+
+    rng = np.random.default_rng(concerned)
+    xs = -rng.uniform(0.5, 1.0, (20, 4))
+    taken = rng.permutation(20)[:concerned]
+    xs[taken, 0] *= -1
+    got = jax.jit(jax.vmap(f, in_axes=(0, None)))(jnp.asarray(xs), 2.0)
+    want = np.where((xs[:, 0] > 0)[:, None], 2.0 * np.sin(xs), -xs)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert len(runs) == 3 * -(-concerned // 3)
+    assert set(runs) == set(xs[taken, 0])  # the concerned problems only

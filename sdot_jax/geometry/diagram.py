@@ -365,8 +365,8 @@ def power_diagram(
 ) -> Diagram:
     """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
     required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
-    `_batching.cond_any` where no reverse-mode derivative is taken: it skips them under vmap
-    when no problem of the batch needs them)."""
+    `_batching.cond_any` where no reverse-mode derivative is taken: under vmap it runs them only
+    for the problems of the batch that need them)."""
     n, d = y.shape
     k = capacities.candidates
     # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from

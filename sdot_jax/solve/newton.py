@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._batching import cond_any
+from .._batching import cond_any, for_active
 from ..geometry import neighbours
 from ..geometry.diagram import Capacities, Diagram, cell_integrals, power_diagram
 from . import linear, multigrid
@@ -176,8 +176,11 @@ def newton(
 
     def body(s: _State) -> _State:
         initial = s.iteration < 0
+        # False only in the lanes of a vmapped batch whose problem has finished (the loop runs
+        # until every problem has, and discards those lanes): they skip the diagram and the solve.
+        active = ~s.done
         psi_t = s.psi + s.t * s.direction
-        diagram = power_diagram(y, psi_t, density, capacities, grid, cond=cond_any)
+        diagram = for_active(active, _evaluate, _keep_diagram, s.diagram, y, psi_t, density, capacities, grid)
         m_t = diagram.mass / total
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
@@ -210,7 +213,7 @@ def newton(
         base_mass = base.mass / total
         base_err = _relative_error(base_mass, a)
         give_way = ~accepted & s.smoothed & (s.t / 2 < SMOOTHED_MIN_STEP) & ~finished
-        renew = (accepted & ~finished) | give_way
+        renew = ((accepted & ~finished) | give_way) & active
         facets = base.facet_mass, base.candidates, total
         smooth = jnp.array(False)
         if hessian_density is not None:
@@ -271,6 +274,14 @@ def newton(
         final.window_short,
     )
     return final.psi, stats, final.diagram
+
+
+def _evaluate(_, y, psi, density, capacities, grid):
+    return power_diagram(y, psi, density, capacities, grid, cond=cond_any)
+
+
+def _keep_diagram(old, *_):
+    return old
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
