@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
 
 import jax
@@ -75,6 +76,8 @@ def ours(y: np.ndarray, tol: float):
         psi, stats = _solve(yj, a, density, psi, caps, tol_arr, 50, False)
         jax.block_until_ready(psi)
         times.append(time.perf_counter() - t)
+        print(f"  ours, call {len(times)} (compiles): {times[-1]:.1f} s, status {Status[stats.status]}",
+              file=sys.stderr, flush=True)
         if not bool(stats.status == Status.capacity) or len(times) > 6:  # Status.capacity: grow and retry
             break
         short = bool(stats.fallback_short)  # as the public API grows them
@@ -124,8 +127,10 @@ def main():
         cg = "dense" if not r["cg"] or max(r["cg"]) == 0 else f"{min(r['cg'])}-{max(r['cg'])}"
         row = (f"| {n:.0e} | {d} | {case} | {r['seconds']:.2f} | {r['cpu']:.2f} | {r['compile']:.1f} | "
                f"{r['iterations']} | {r['evaluations']} | {cg} | {r['error']:.1e} | {rss:.0f} |")
+        print(f"  ours, timed run: {r['seconds']:.1f} s", file=sys.stderr, flush=True)
         if args.sdot_python:
             s = sdot_run(args.sdot_python, y, args.tol / n)  # sdot's tol: absolute, masses sum to 1
+            print(f"  sdot: {s['seconds']:.1f} s", file=sys.stderr, flush=True)
             row += (f" {s['seconds']:.2f} | {s['cpu']:.2f} | {s['error']:.1e} | {r['seconds'] / s['seconds']:.2f} |"
                     f" {r['cpu'] / s['cpu']:.2f} |")
         print(row, flush=True)
