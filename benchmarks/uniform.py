@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdot_jax import Box
+from sdot_jax.api import grown_after
 from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve.implicit import optimal_weights
 from sdot_jax.solve.newton import Status
@@ -80,9 +81,7 @@ def ours(y: np.ndarray, tol: float):
               file=sys.stderr, flush=True)
         if not bool(stats.status == Status.capacity) or len(times) > 6:  # Status.capacity: grow and retry
             break
-        short = bool(stats.fallback_short)  # as the public API grows them
-        caps = caps.grown(vertices=bool(stats.vertex_overflow), fallback=short,
-                          candidates=bool(stats.uncertified) and not short, n=n)
+        caps = grown_after(caps, stats, n)  # as the public API grows them
     # The timed run: from the initial weights, with the capacities the retries settled on.
     t, c = time.perf_counter(), time.process_time()
     psi, stats = _solve(yj, a, density, psi0, caps, tol_arr, 50, False)

@@ -123,6 +123,15 @@ def optimal_transport_plan(
     return _solve(diracs, density, **options)
 
 
+def grown_after(capacities: Capacities, stats, n: int) -> Capacities:
+    """The capacities to retry with after a ``Status.capacity`` stop that was not the window's:
+    the fallback when it was short, else the candidates when cells were uncertified, and the
+    vertex slots when a cell overflowed."""
+    short = bool(stats.fallback_short)
+    return capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short,
+                            candidates=bool(stats.uncertified) and not short, n=n)
+
+
 def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weights, verbose,
            capacities, throw, hessian_density=None) -> TransportPlan:
     """`optimal_transport_plan` without continuation (``hessian_density``: see `newton`)."""
@@ -171,8 +180,7 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
             psi = psi_out
             continue
         short = bool(stats.fallback_short)
-        grown = capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short,
-                                 candidates=bool(stats.uncertified) and not short, n=n)
+        grown = grown_after(capacities, stats, n)
         if short and grown == capacities:
             raise RuntimeError(
                 f"more power cells were left uncertified by the grid neighbour search than the "

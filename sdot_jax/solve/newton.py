@@ -180,7 +180,7 @@ def newton(
         # until every problem has, and discards those lanes): they skip the diagram and the solve.
         active = ~s.done
         psi_t = s.psi + s.t * s.direction
-        diagram = for_active(active, _evaluate, _keep_diagram, s.diagram, y, psi_t, density, capacities, grid)
+        diagram = for_active(active, _evaluate, _unchanged, s.diagram, y, psi_t, density, capacities, grid)
         m_t = diagram.mass / total
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
@@ -218,7 +218,7 @@ def newton(
         smooth = jnp.array(False)
         if hessian_density is not None:
             smooth = accepted & (jnp.linalg.norm(m_t - a) > SMOOTHED_HESSIAN_UNTIL * jnp.linalg.norm(a))
-            facets = cond_any(renew & smooth, _smoothed_facets, _own_facets, facets, y, base_psi,
+            facets = cond_any(renew & smooth, _smoothed_facets, _unchanged, facets, y, base_psi,
                               hessian_density, capacities)
         direction, info = cond_any(renew, _direction, _keep_direction, s.direction, y, a, base_mass,
                                    *facets, base_err, order)
@@ -277,11 +277,8 @@ def newton(
 
 
 def _evaluate(_, y, psi, density, capacities, grid):
+    """The trial diagram (the first operand, the last one, is `_unchanged`'s)."""
     return power_diagram(y, psi, density, capacities, grid, cond=cond_any)
-
-
-def _keep_diagram(old, *_):
-    return old
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
@@ -292,8 +289,9 @@ def _smoothed_facets(own, y, psi, density, capacities):
     return facet_mass, candidates, density.total_mass()
 
 
-def _own_facets(own, *_):
-    return own
+def _unchanged(first, *_):
+    """The branch that keeps its first operand (the diagram, or the accepted facets)."""
+    return first
 
 
 def _direction(_, y, a, mass, facet_mass, candidates, total, err, order):
