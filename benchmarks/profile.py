@@ -6,9 +6,11 @@
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
-search, clipping, integration, pool certificate, the whole diagram and a multigrid-CG solve.
+search, clipping, integration, pool certificate, far-field bounds, the first pass (all of these
+and the far test), the ring stage, the whole diagram and a multigrid-CG solve.
 """
 
+import functools
 import sys
 import time
 
@@ -76,6 +78,16 @@ def main():
         lambda a: dg._cut_by_pool(a[0].vertices, kernel.live_mask(a[0]), jnp.sqrt(kernel.squared_radius(a[0])),
                                   a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
         (p, jnp.arange(n), pool, slot), batch_size=batch), polys, cand.pool, cand.slot)
+    field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
+    first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
+                                                       far_test=dg._far_test(grid, field, y, psi, 1)), cand)
+    left = int((~first[4]).sum())
+    print("uncertified after the first pass", left)
+    if left:
+        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices)
+        timeit(f"ring stage ({left} of {caps.fallback} rows)", lambda out: dg._redo_uncertified(
+            stage, out + (cand.index,), y, psi, density, grid, field, size=caps.fallback, hopeless=n,
+            cond=jax.lax.cond), first)
     diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))

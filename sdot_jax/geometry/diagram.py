@@ -261,18 +261,18 @@ def _shrink(distance, scale):
     return distance * (1 - 1e-5) - 1e-6 * scale
 
 
-def _redo(out, size: int, search, y, psi, density, capacity: int, far_test=None, vertex_test=None):
-    """Recompute up to ``size`` uncertified cells with the candidates ``search(rows)`` gives
-    (more than k of them); facets are compacted back into k slots (else: uncertified)."""
+def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vertex_test=None):
+    """Recompute the uncertified cells ``rows`` (padded with n) with the candidates
+    ``search(rows)`` gives (more than k of them); facets are compacted back into k slots (else:
+    uncertified)."""
     mass, first, second, facets, certified, overflow, index = out
     n = y.shape[0]
     k = index.shape[1]
-    redo = jnp.nonzero(~certified, size=size, fill_value=n)[0]
-    redo_ok = redo < n
-    safe = jnp.where(redo_ok, redo, 0)
+    redo_ok = rows < n
+    safe = jnp.where(redo_ok, rows, 0)
     found = search(safe)
     res = _cells(safe, found, y, psi, density, capacity, far_test=far_test, vertex_test=vertex_test)
-    target = jnp.where(redo_ok, redo, n)
+    target = jnp.where(redo_ok, rows, n)
     mass, first, second, overflow = (
         old.at[target].set(new, mode="drop")
         for old, new in zip((mass, first, second, overflow), (res[0], res[1], res[2], res[5]))
@@ -301,16 +301,16 @@ def _vertex_test(grid, field, y, psi, ring: int):
         grid, field, grid.coords[i], y[i], psi[i], vertices, live, ring=ring)
 
 
-def _ring_stage(out, y, psi, density, grid, field, *, size: int, k: int, capacity: int):
-    """Redo up to ``size`` uncertified cells with k candidates from the ring-2 pool, their far
-    field bounded both ways (`neighbours.excluded` and, for long cells, vertex by vertex)."""
+def _ring_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int):
+    """Redo the cells ``rows`` with k candidates from the ring-2 pool, their far field bounded
+    both ways (`neighbours.excluded` and, for long cells, vertex by vertex)."""
     search = lambda rows: neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2)  # noqa: E731
-    return _redo(out, size, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2),
+    return _redo(out, rows, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2),
                  _vertex_test(grid, field, y, psi, 2))
 
 
-def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int):
-    """Redo up to ``size`` uncertified cells with k candidates among all seeds: the nearest (see
+def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
+    """Redo the cells ``rows`` with k candidates among all seeds: the nearest (see
     `neighbours.brute_force`), then those that cut the cell they clip deepest (`_deepest_cuts`)."""
 
     def search(rows):
@@ -319,15 +319,31 @@ def _exhaustive_stage(out, y, psi, density, *, size: int, k: int, capacity: int)
             cand = _deepest_cuts(rows, cand, y, psi, density, capacity)
         return cand
 
-    return _redo(out, size, search, y, psi, density, capacity)
+    return _redo(out, rows, search, y, psi, density, capacity)
 
 
-def _redo_if_needed(stage, out, *operands, hopeless: int, cond):
-    """``(stage(out, *operands), False)`` when some cell is uncertified, unless more than
-    ``hopeless`` are: then the diagram stays uncertified whatever the fallbacks do, and is
-    reported so at once, with True."""
+#: Uncertified cells are redone in chunks of at least this many rows.
+REDO_CHUNK = 256
+
+
+def _redo_uncertified(stage, out, *operands, size: int, hopeless: int, cond):
+    """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them, in
+    chunks of ``size / 8`` rows or more, each under ``cond``: the stage costs what the cells left
+    need (at the first pass of uniform seeds at zero weights, 18 of 1e4 cells: one chunk of 239
+    rows, not the 1666 of the ring stage's capacity).  Returns the diagram and whether more than
+    ``hopeless`` cells were uncertified: then it stays uncertified whatever the stage does, is
+    not run, and is reported so at once."""
+    n = out[0].shape[0]
+    chunks = max(1, min(8, size // REDO_CHUNK))
+    chunk = -(-size // chunks)
     left = jnp.sum(~out[4])
-    return cond((left > 0) & (left <= hopeless), stage, lambda out, *_: out, out, *operands), left > hopeless
+    beyond = left > hopeless
+    rows = jnp.nonzero(~out[4], size=chunks * chunk, fill_value=n)[0].reshape(chunks, chunk)
+
+    def step(out, rows):
+        return cond((rows[0] < n) & ~beyond, stage, lambda out, *_: out, out, rows, *operands), None
+
+    return jax.lax.scan(step, out, rows)[0], beyond
 
 
 QUADRATIC_GAUGE_FROM = 0.05  # fitted quadratic coefficients below this keep the seeds as they are
@@ -400,13 +416,13 @@ def power_diagram(
     if k2 > k:
         if capacities.grid is not None:
             size = min(n, max(64, 2**24 // n))
-            stage = functools.partial(_ring_stage, size=capacities.fallback, k=2 * k, capacity=capacities.vertices)
-            out, short = _redo_if_needed(stage, out, y, psi, density, grid, field,
-                                         hopeless=capacities.fallback + size, cond=cond)
+            stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices)
+            out, short = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
+                                           hopeless=capacities.fallback + size, cond=cond)
         else:
             size = capacities.fallback
-        stage = functools.partial(_exhaustive_stage, size=size, k=k2, capacity=capacities.vertices)
-        out, beyond = _redo_if_needed(stage, out, y, psi, density, hopeless=size, cond=cond)
+        stage = functools.partial(_exhaustive_stage, k=k2, capacity=capacities.vertices)
+        out, beyond = _redo_uncertified(stage, out, y, psi, density, size=size, hopeless=size, cond=cond)
         short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
     # Moments about the seeds y_i from moments about z_i = scale * y_i (v = z_i - y_i).
