@@ -74,10 +74,10 @@ def main():
     polys = timeit("clipping", clip_all, cand.index)
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
                                                 batch_size=batch), polys)
-    timeit("pool certificate", lambda p, pool, slot: jax.lax.map(
+    timeit("pool certificate", lambda p, cand: jax.lax.map(
         lambda a: dg._cut_by_pool(a[0].vertices, kernel.live_mask(a[0]), jnp.sqrt(kernel.squared_radius(a[0])),
                                   a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
-        (p, jnp.arange(n), pool, slot), batch_size=batch), polys, cand.pool, cand.slot)
+        (p, jnp.arange(n), cand.pool, cand.slot, cand.shift), batch_size=batch), polys, cand)
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
                                                        far_test=dg._far_test(grid, field, y, psi, 1)), cand)

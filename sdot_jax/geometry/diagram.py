@@ -208,6 +208,12 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
+#: Vertex-seed pairs of the pool test per batch of cells (at most 4096 cells in 2D, 256 in 3D).
+#: Smaller batches stay in cache: the first pass of 1e4 uniform cells took 464 ms at 2^24, 300
+#: ms at 2^20 in 2D; 4.5 s at 2^24, 3.6 s at 2^22, 3.7 s at 2^20 in 3D.
+PAIRS_PER_BATCH = 2**21
+
+
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates.
     ``far_test(i, shift, centre, radius, power)``: whether the seeds outside the pool are
@@ -249,9 +255,8 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         pool = jnp.zeros((rows.shape[0], 0), jnp.int32)
     else:
         fn, pool = one, cand.pool
-    # Cells per batch: at most 4096 (2D) / 256, and ~2^24 vertex-seed pairs in the pool test.
     tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
-    batch = max(8, min(4096 if d <= 2 else 256, 2**24 // max(tested, 1)))
+    batch = max(8, min(4096 if d <= 2 else 256, PAIRS_PER_BATCH // max(tested, 1)))
     return jax.lax.map(fn, (rows, cand.index, pool, cand.slot, cand.reach, cand.shift),
                        batch_size=min(batch, rows.shape[0]))
 
