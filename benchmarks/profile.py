@@ -84,8 +84,8 @@ def main():
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:
-        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices)
-        timeit(f"ring stage ({left} of {caps.fallback} rows)", lambda out: dg._redo_uncertified(
+        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, at_vertices=False)
+        timeit(f"ring stage, balls ({left} of {caps.fallback} rows)", lambda out: dg._redo_uncertified(
             stage, out + (cand.index,), y, psi, density, grid, field, size=caps.fallback, hopeless=n,
             cond=jax.lax.cond), first)
     diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)

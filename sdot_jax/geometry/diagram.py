@@ -306,12 +306,13 @@ def _vertex_test(grid, field, y, psi, ring: int):
         grid, field, grid.coords[i], y[i], psi[i], vertices, live, ring=ring)
 
 
-def _ring_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int):
-    """Redo the cells ``rows`` with k candidates from the ring-2 pool, their far field bounded
-    both ways (`neighbours.excluded` and, for long cells, vertex by vertex)."""
+def _ring_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int, at_vertices: bool):
+    """Redo the cells ``rows`` with k candidates from the ring-2 pool, their far field bounded by
+    `neighbours.excluded` or (``at_vertices``, for long cells; ~2x the cost) also vertex by
+    vertex (`neighbours.excluded_at_vertices`)."""
     search = lambda rows: neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2)  # noqa: E731
     return _redo(out, rows, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2),
-                 _vertex_test(grid, field, y, psi, 2))
+                 _vertex_test(grid, field, y, psi, 2) if at_vertices else None)
 
 
 def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
@@ -413,7 +414,8 @@ def power_diagram(
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
-    # of a proof that no seed beyond the first ring cuts them), then with 4x more exhaustively
+    # of a proof that no seed beyond the first ring cuts them; the far field bounded by balls,
+    # then, for the long cells still left, vertex by vertex), then with 4x more exhaustively
     # (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each
     # stage runs only when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
@@ -421,9 +423,11 @@ def power_diagram(
     if k2 > k:
         if capacities.grid is not None:
             size = min(n, max(64, 2**24 // n))
-            stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices)
-            out, short = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
-                                           hopeless=capacities.fallback + size, cond=cond)
+            for at_vertices in (False, True):  # the vertex-by-vertex bound only for the cells left
+                stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices, at_vertices=at_vertices)
+                out, beyond = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
+                                                hopeless=capacities.fallback + size, cond=cond)
+                short = short | beyond
         else:
             size = capacities.fallback
         stage = functools.partial(_exhaustive_stage, k=k2, capacity=capacities.vertices)
