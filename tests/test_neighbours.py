@@ -18,12 +18,21 @@ def _diagram(y, psi, caps):
     return f(jnp.asarray(y), jnp.asarray(psi))
 
 
-def test_pool_memory_is_linear():
+def test_pools_hold_exactly_the_seeds_of_the_blocks_around():
+    """Each seed's ring-1 (ring-2) pool is the set of seeds in the 3x3 (5x5) grid cells around its
+    own, packed into a width that does not grow with n (memory linear in n)."""
     y = np.random.default_rng(0).random((N, 2))
     caps = Capacities.default(N, 2, y)
     grid = neighbours.build_grid(jnp.asarray(y), *caps.grid)
-    assert grid.pool.shape[0] == N and grid.pool.shape[1] <= 9 * caps.grid[1]
-    assert caps.grid[1] < 64  # pool width independent of n for uniform seeds
+    assert grid.pool.shape == (N, caps.grid[1]) and caps.grid[1] < 9 * 24 * 1.5
+    coords = np.asarray(grid.coords)
+    rows = np.arange(0, N, 97)
+    for ring, (pool, reach) in ((1, (grid.pool[rows], grid.reach[rows])),
+                                (2, neighbours.ring_pool(grid, jnp.asarray(y), jnp.asarray(rows), 2))):
+        assert pool.shape[1] == caps.grid[ring] and np.all(np.asarray(reach) > 0)
+        for row, members in zip(rows, np.asarray(pool)):
+            expected = np.nonzero(np.all(np.abs(coords - coords[row]) <= ring, 1))[0]
+            np.testing.assert_array_equal(np.sort(members[members < N]), expected)
 
 
 def test_grid_diagram_partitions_the_square_uniform_and_clustered():
@@ -35,7 +44,7 @@ def test_grid_diagram_partitions_the_square_uniform_and_clustered():
     clustered = rng.random((N, 2))
     clustered[:, 0] = np.clip(0.5 + 0.01 * rng.standard_normal(N), 0, 1)  # near the line x = 1/2
     caps = Capacities.default(N, 2, clustered)
-    assert caps.grid[1] >= Capacities.default(N, 2, uniform).grid[1]
+    assert all(a >= b for a, b in zip(caps.grid, Capacities.default(N, 2, uniform).grid))
     diagram = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps, neighbours.build_grid(y, *caps.grid)))
     for y in (uniform, clustered):
         d = diagram(jnp.asarray(y), jnp.zeros(N))

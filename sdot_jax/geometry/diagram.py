@@ -38,8 +38,8 @@ class Capacities(eqx.Module):
     - `candidates`: candidate neighbours per cell (k).
     - `fallback`: cells per diagram that may be re-searched (from a wider grid ring, or
       exhaustively for small n) when not certified.
-    - `grid`: ``(cells per axis, seeds per grid cell)`` for the grid search, or ``None`` for the
-      exhaustive search (small n).
+    - `grid`: ``(cells per axis, ring-1 and ring-2 pool widths)`` for the grid search (see
+      `neighbours.grid_capacity`), or ``None`` for the exhaustive search (small n).
     - `window`: for grid densities (`Image`, `SplineGrid`, `PolynomialGrid`), the grid pieces per
       axis that one cell may span (their integrals cost O(window) per edge in 2D, more for
       higher degrees and in 3D); ``None``: the density's own ``window``.  A cell that spans more
@@ -49,7 +49,7 @@ class Capacities(eqx.Module):
     vertices: int = eqx.field(static=True)
     candidates: int = eqx.field(static=True)
     fallback: int = eqx.field(static=True)
-    grid: tuple[int, int] | None = eqx.field(static=True)
+    grid: tuple[int, int, int] | None = eqx.field(static=True)
     window: int | None = eqx.field(static=True, default=None)
 
     @staticmethod
@@ -64,8 +64,8 @@ class Capacities(eqx.Module):
             if y is not None:
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
-                g = max(1, math.ceil((n / per_cell) ** (1 / d)))
-                grid = (g, int(per_cell * 4 + 8))
+                g, occupancy = max(1, math.ceil((n / per_cell) ** (1 / d))), int(per_cell * 4 + 8)
+                grid = (g, 3**d * occupancy, 5**d * occupancy)
         # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
         # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
         # far-field bound of the first ring, not the second), more during the first Newton
