@@ -84,10 +84,16 @@ def main():
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:
-        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, at_vertices=False)
-        timeit(f"ring stage, balls ({left} of {caps.fallback} rows)", lambda out: dg._redo_uncertified(
-            stage, out + (cand.index,), y, psi, density, grid, field, size=caps.fallback, hopeless=n,
-            cond=jax.lax.cond), first)
+        out = first + (cand.index,)
+        for at_vertices in (False, True):
+            stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, at_vertices=at_vertices)
+            out, _ = timeit(f"ring stage, {'vertices' if at_vertices else 'balls'} ({left} of {caps.fallback} rows)",
+                            lambda out: dg._redo_uncertified(stage, out, y, psi, density, grid, field,
+                                                             size=caps.fallback, hopeless=n, cond=jax.lax.cond), out)
+            left = int((~out[4]).sum())
+            print("uncertified after it", left)
+            if not left:
+                break
     diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))
