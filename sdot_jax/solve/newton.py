@@ -221,7 +221,7 @@ def newton(
             facets = cond_any(renew & smooth, _smoothed_facets, _unchanged, facets, y, base_psi,
                               hessian_density, capacities)
         direction, info = cond_any(renew, _direction, _keep_direction, s.direction, y, a, base_mass,
-                                   *facets, base_err, order)
+                                   *facets, base_err, tol, order)
         solve_failed = renew & ~info.ok
         status = _first(
             (gave_up & (failed | initial), Status.capacity),
@@ -294,12 +294,14 @@ def _unchanged(first, *_):
     return first
 
 
-def _direction(_, y, a, mass, facet_mass, candidates, total, err, order):
+def _direction(_, y, a, mass, facet_mass, candidates, total, err, tol, order):
     """The Newton direction: solve L delta = a - m (the first operand, the old direction, is
     `_keep_direction`'s)."""
     lap = linear.laplacian(facet_mass, candidates, y, total, order)
-    # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic.
-    rtol = jnp.clip(0.1 * err, 1e-13, 1e-2).astype(a.dtype)
+    # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic;
+    # near the end, 0.1 x tol / err is enough to land below tol (the linear part of the next
+    # error is ~ rtol x err), and saves the tightest solves (2D 1e6: 102 CG steps at err 7.5e-5).
+    rtol = jnp.clip(jnp.maximum(0.1 * err, 0.1 * tol / err), 1e-13, 1e-2).astype(a.dtype)
     return linear.solve_with_info(lap, a - mass, rtol)
 
 
