@@ -71,7 +71,9 @@ class Capacities(eqx.Module):
         # far-field bound of the first ring, not the second), more during the first Newton
         # steps.  Exhaustive search: 0-3 cells of 100 uniform points fail (k = 32), and the
         # stage costs as much as the first pass, every time under vmap.
-        fallback = min(n, max(64, n // 6) if grid is not None else max(16, n // 16))
+        # 3D: twice that (n = 1e4 uniform: the first Newton trials left more than n / 6, and the
+        # API doubled it, a restart and a recompilation each time; the stages cost what they redo).
+        fallback = min(n, max(64, n // (6 if d <= 2 else 3)) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
     def grown(self, *, vertices: bool = False, candidates: bool = False, fallback: bool = False,
