@@ -117,7 +117,7 @@ class Grid(eqx.Module):
     """Seeds bucketed in a uniform grid, and for every seed a fixed-size pool of the seeds in the
     3^d grid cells around its own (ring 1; `ring_pool` gathers wider rings for the fallback),
     packed: ``widths[ring - 1]`` slots, the most seeds any ring-``ring`` block holds (not 3^d
-    times the fullest grid cell: 270 slots instead of 378 for 1e4 uniform seeds in 2D).
+    times the fullest grid cell: 261 slots instead of 378 for 1e4 uniform seeds in 2D).
     Built once per solve: seeds do not move during Newton."""
 
     pool: Int[Array, "n p"]
