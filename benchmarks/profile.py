@@ -77,7 +77,7 @@ def main():
     timeit("pool certificate", lambda p, cand: jax.lax.map(
         lambda a: dg._cut_by_pool(a[0].vertices, kernel.live_mask(a[0]), jnp.sqrt(kernel.squared_radius(a[0])),
                                   a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
-        (p, jnp.arange(n), cand.pool, cand.slot, cand.shift), batch_size=batch), polys, cand)
+        (p, jnp.arange(n), cand.pool, cand.slot), batch_size=batch), polys, cand)
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
                                                        far_test=dg._far_test(grid, field, y, psi, 1)), cand)

@@ -32,9 +32,7 @@ from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve.newton import Status
 from sdot_jax.solve.start import initial_weights
 
-
 import _sdot  # noqa: E402 -- benchmarks/_sdot.py, beside this script
-
 
 
 def _solve(y, a, density, psi, capacities, tol, max_iter):
@@ -42,6 +40,7 @@ def _solve(y, a, density, psi, capacities, tol, max_iter):
     capacities grow at once (`optimal_weights`, for traced calls, goes on halving its steps)."""
     psi, stats, _ = _newton_jit(y, a, density, psi, capacities, tol, max_iter, False, True, None)
     return psi, stats
+
 
 SDOT_SCRIPT = r"""
 import sys, time, json, numpy as np, sdot

@@ -1,5 +1,7 @@
 """Grid neighbour search: O(n) pools, certification, and the fallback on clustered seeds."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +15,14 @@ from sdot_jax.geometry.diagram import Capacities, power_diagram
 N = 5000  # above the grid threshold (4096)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _jitted_diagram(y, psi, caps):
+    return power_diagram(y, psi, Box().with_dim(2), caps, neighbours.build_grid(y, *caps.grid))
+
+
 def _diagram(y, psi, caps):
-    f = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps, neighbours.build_grid(y, *caps.grid)))
-    return f(jnp.asarray(y), jnp.asarray(psi))
+    """The grid diagram, compiled once per capacities."""
+    return _jitted_diagram(jnp.asarray(y), jnp.asarray(psi), caps)
 
 
 def test_pools_hold_exactly_the_seeds_of_the_blocks_around():
@@ -45,9 +52,8 @@ def test_grid_diagram_partitions_the_square_uniform_and_clustered():
     clustered[:, 0] = np.clip(0.5 + 0.01 * rng.standard_normal(N), 0, 1)  # near the line x = 1/2
     caps = Capacities.default(N, 2, clustered)
     assert all(a >= b for a, b in zip(caps.grid, Capacities.default(N, 2, uniform).grid))
-    diagram = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps, neighbours.build_grid(y, *caps.grid)))
     for y in (uniform, clustered):
-        d = diagram(jnp.asarray(y), jnp.zeros(N))
+        d = _diagram(y, np.zeros(N), caps)
         assert np.asarray(d.certified).all() and not bool(d.short)
         np.testing.assert_allclose(float(d.mass.sum()), 1.0, rtol=1e-12)
         sample = np.arange(0, N, N // 100)
