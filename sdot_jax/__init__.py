@@ -3,6 +3,7 @@
 from .api import NotConvergedError as NotConvergedError
 from .distance import distance as distance
 from .api import optimal_transport_plan as optimal_transport_plan
+from .compilation_cache import enable_compilation_cache as enable_compilation_cache
 from .geometry.diagram import Capacities as Capacities
 from .measures import AbstractDensity as AbstractDensity
 from .measures import Box as Box

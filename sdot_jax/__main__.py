@@ -11,7 +11,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from . import Box, Status, optimal_transport_plan  # noqa: E402
+from . import Box, Status, enable_compilation_cache, optimal_transport_plan  # noqa: E402
 
 
 def main() -> None:
@@ -20,7 +20,10 @@ def main() -> None:
     parser.add_argument("-d", type=int, default=2, help="dimension")
     parser.add_argument("--tol", type=float, default=1e-10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cache", action="store_true", help="do not keep compiled programs on disk")
     args = parser.parse_args()
+    if not args.no_cache:
+        print(f"compiled programs are kept in {enable_compilation_cache()} (--no-cache: not)")
 
     rng = np.random.default_rng(args.seed)
     # Diracs drawn from a Gaussian blob, about a fifth of them outside the target box [-1, 1]^d.

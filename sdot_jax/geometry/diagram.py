@@ -106,27 +106,60 @@ def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
 
     Plane ids: candidates ``0..k-1``, the density's half-spaces ``k..k+p-1``, then the box.
     """
-    d = y_i.shape[0]
-    kernel = kernel_for(d)
+    normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
+    poly = _domain(y_i, density, capacity, index.shape[0])
+    return _clip_by(poly, normals, offsets, jnp.arange(index.shape[0]))
+
+
+def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, first: int, more: int):
+    """`clip_cell` by the first ``first`` candidates, then only by those of the others that cut
+    that cell, in their order, up to ``more``: clipping only removes, so a plane that misses this
+    cell misses the final one, and the cell is the same.  Returns the cell and whether it is
+    complete (no more than ``more`` of the others cut it).  Most candidates beyond the first
+    dozen miss the cell, and a clip costs the same whether it cuts or not."""
+    kernel = kernel_for(y_i.shape[0])
     k = index.shape[0]
+    normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
+    poly = _domain(y_i, density, capacity, k)
+    poly = _clip_by(poly, normals[:first], offsets[:first], jnp.arange(first))
+    s = poly.vertices @ normals[first:].T - offsets[first:]
+    cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0)
+    rank = jnp.cumsum(cuts) - 1
+    pick = jnp.full((more,), k - first, jnp.int32).at[jnp.where(cuts, rank, more)].set(
+        jnp.arange(k - first, dtype=jnp.int32), mode="drop")
+    # Padding: the plane 0 . x <= 1, which cuts nothing.
+    normals = jnp.concatenate([normals[first:], jnp.zeros_like(normals[:1])])[pick]
+    offsets = jnp.concatenate([offsets[first:], jnp.ones_like(offsets[:1])])[pick]
+    poly = _clip_by(poly, normals, offsets, first + pick)
+    return poly, jnp.sum(cuts) <= more
+
+
+def _bisectors(y_i, psi_i, index, y_pad, psi_pad):
+    """The half-spaces ``normal . x <= offset`` (relative to ``y_i``) of the power bisectors with
+    the candidates ``index``; padding (index n) gives ``0 . x <= 1``."""
     n = psi_pad.shape[0] - 1
-    lo, hi = density.bounding_box()
-    a_dom, b_dom = density.half_spaces()
-    p = a_dom.shape[0]
-    poly = kernel.box(lo - y_i, hi - y_i, capacity, k + p)
-
-    def step(poly, plane):
-        normal, offset, plane_id = plane
-        return kernel.clip(poly, normal, offset, plane_id), None
-
-    if p:
-        poly, _ = jax.lax.scan(step, poly, (a_dom, b_dom - a_dom @ y_i, k + jnp.arange(p)))
     ok = index < n
     delta = y_pad[index] - y_i
     normals = jnp.where(ok[:, None], delta, 0.0)
     offsets = jnp.where(ok, 0.5 * (jnp.sum(delta**2, -1) + psi_i - psi_pad[index]), 1.0)
-    poly, _ = jax.lax.scan(step, poly, (normals, offsets, jnp.arange(k)))
+    return normals, offsets
+
+
+def _domain(y_i, density, capacity: int, k: int):
+    """The density's bounding box clipped by its half-spaces (ids from ``k``), relative to ``y_i``."""
+    kernel = kernel_for(y_i.shape[0])
+    lo, hi = density.bounding_box()
+    a_dom, b_dom = density.half_spaces()
+    p = a_dom.shape[0]
+    poly = kernel.box(lo - y_i, hi - y_i, capacity, k + p)
+    if p:
+        poly = _clip_by(poly, a_dom, b_dom - a_dom @ y_i, k + jnp.arange(p))
     return poly
+
+
+def _clip_by(poly, normals, offsets, ids):
+    clip = kernel_for(normals.shape[1]).clip
+    return jax.lax.scan(lambda poly, plane: (clip(poly, *plane), None), poly, (normals, offsets, ids))[0]
 
 
 def cell_integrals(y, psi, density, candidates: Int[Array, "n k"], capacities: "Capacities"):
@@ -210,14 +243,19 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
+#: First pass of the grid search: (first, more) of `clip_cell_in_two` by dimension.
+SPLIT = {2: (16, 12), 3: (24, 12)}
+
 #: Vertex-seed pairs of the pool test per batch of cells (at most 4096 cells in 2D, 256 in 3D).
 #: Smaller batches stay in cache: the first pass of 1e4 uniform cells took 464 ms at 2^24, 300
 #: ms at 2^20 in 2D; 4.5 s at 2^24, 3.6 s at 2^22, 3.7 s at 2^20 in 3D.
 PAIRS_PER_BATCH = 2**21
 
 
-def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None):
-    r"""Clip, integrate and certify the cells of ``rows`` given their candidates.
+def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None,
+           split: tuple[int, int] | None = None):
+    r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
+    `clip_cell_in_two`; a cell left incomplete is not certified).
     ``far_test(i, shift, centre, radius, power)``: whether the seeds outside the pool are
     excluded by the grid's block bounds (`neighbours.excluded`); None: by ``reach`` alone.
     ``vertex_test(i, vertices, live)``: the same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
@@ -231,7 +269,10 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
 
     def one(args):
         i, idx, pool, slot, reach, shift = args
-        poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
+        if split is None:
+            poly, complete = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), True
+        else:
+            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *split)
         mass, first, second, facets = kernel.integrate(poly, density, y[i], k)
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
@@ -249,7 +290,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
             far = far | ((reach > 0) & vertex_test(i, y[i] + verts, live))
         cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad)
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
-        certified = kernel.is_empty(poly) | (far & ~cut)
+        certified = kernel.is_empty(poly) | (far & ~cut & complete)
         return mass, first, second, facets, certified, poly.overflow
 
     if cand.pool is None:
@@ -412,8 +453,9 @@ def power_diagram(
     else:
         cand = neighbours.from_grid(y, psi, grid, k)
         field = neighbours.far_field(grid, psi, y)
+        split = SPLIT.get(d)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
-                     far_test=_far_test(grid, field, y, psi, 1))
+                     far_test=_far_test(grid, field, y, psi, 1), split=split if split and sum(split) < k else None)
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short

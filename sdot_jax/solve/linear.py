@@ -4,8 +4,9 @@ For cells i, j sharing a facet, $\partial m_i / \partial \psi_j = -w_{ij}$ (a la
 $w_{ij} = \int_{\mathrm{Lag}_i \cap \mathrm{Lag}_j} \rho\, d\sigma / (2 |y_i - y_j|)$, and
 $\partial m_i / \partial \psi_i = \sum_j w_{ij}$.  So $Dm = L$ with $L$ the Laplacian of the
 weights $w$: symmetric, positive semi-definite, constant on its kernel when the support is
-connected.  Each cell reports $w$ for its own candidates; the operator uses the symmetric part
-$(W + W^T)/2$, which equals $W$ up to rounding.
+connected.  Each cell reports $w$ for its own candidates, and both cells of a facet list it: the
+padded operator uses the symmetric part $(W + W^T)/2$, the compact one (`compact`) $W$ itself,
+equal up to rounding.
 
 The solve fixes the gauge by working with zero-mean vectors: the right-hand side is projected to
 sum zero, and the dense path adds the rank-one term $\bar\delta\,\mathbf{1}\mathbf{1}^T / n$.
@@ -88,8 +89,8 @@ def compact_capacity(n: int, k: int, d: int) -> int:
 
 
 class CompactLaplacian(eqx.Module):
-    """The symmetrised Laplacian as a COO list sorted by rows (both directions of every facet
-    entry, weight /2), plus the padded layout to fall back on when the list overflowed."""
+    """The Laplacian as a COO list sorted by rows (see `compact`), plus the padded layout to
+    fall back on when the list overflowed."""
 
     padded: Laplacian
     rows: Int[Array, " e"]
@@ -108,20 +109,21 @@ class CompactLaplacian(eqx.Module):
 
 
 def compact(lap: Laplacian, d: int) -> CompactLaplacian:
+    """The nonzero entries of the cells' own lists, in row order: every facet is listed by both
+    of its cells (a certified cell has every neighbour among its candidates), so this is the
+    symmetric part up to rounding, with no sort.  The diagonal is the row sums, so the
+    constants stay exactly in the kernel."""
     n, k = lap.weights.shape
     ok = (lap.index < n) & (lap.weights != 0)
     cap = min(compact_capacity(n, k, d), n * k)
     flat = jnp.nonzero(ok.reshape(-1), size=cap, fill_value=n * k)[0]
     valid = flat < n * k
     safe = jnp.where(valid, flat, 0)
-    r = (safe // k).astype(jnp.int32)
-    c = jnp.where(valid, lap.index.reshape(-1)[safe], 0).astype(jnp.int32)
-    w = jnp.where(valid, 0.5 * lap.weights.reshape(-1)[safe], 0.0)
-    rows, cols, weights = jax.lax.sort(
-        (jnp.concatenate([r, c]), jnp.concatenate([c, r]), jnp.concatenate([w, w])), num_keys=2
-    )
-    overflow = jnp.sum(ok) > cap
-    return CompactLaplacian(lap, rows, cols, weights, lap.degree(), overflow)
+    rows = jnp.where(valid, safe // k, n - 1).astype(jnp.int32)  # padding last: still sorted
+    cols = jnp.where(valid, lap.index.reshape(-1)[safe], 0).astype(jnp.int32)
+    weights = jnp.where(valid, lap.weights.reshape(-1)[safe], 0.0)
+    diag = jax.ops.segment_sum(weights, rows, n, indices_are_sorted=True)
+    return CompactLaplacian(lap, rows, cols, weights, diag, jnp.sum(ok) > cap)
 
 
 class SolveInfo(eqx.Module):

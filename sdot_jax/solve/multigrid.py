@@ -105,24 +105,9 @@ def build(
         agg = node_rank // RATIO
         levels.append(Level(rows, cols, weights, diag, agg))
         mc = sizes[l + 1]
-        cr, cc = agg[rows], agg[cols]
-        keep = (cr != cc) & (weights != 0)
-        big = jnp.int32(mc)  # sorts after every real node
-        cr = jnp.where(keep, cr, big)
-        cc = jnp.where(keep, cc, big)
-        sr, sc, sw = jax.lax.sort((cr, cc, jnp.where(keep, weights, 0.0)), num_keys=2)
-        new = jnp.concatenate([jnp.array([True]), (sr[1:] != sr[:-1]) | (sc[1:] != sc[:-1])])
-        seg = jnp.cumsum(new) - 1
         cap = edge_capacity(mc, d, rows.shape[0])
-        count = jnp.sum(new & (sr < big))
+        rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap)
         overflow = overflow | (count > cap)
-        weights = jax.ops.segment_sum(sw, seg, cap)
-        first_r = jax.ops.segment_min(sr, seg, cap)
-        first_c = jax.ops.segment_min(sc, seg, cap)
-        valid = (first_r < big) & (weights != 0)
-        rows = jnp.where(valid, first_r, mc - 1).astype(jnp.int32)  # padding last: still sorted
-        cols = jnp.where(valid, first_c, 0).astype(jnp.int32)
-        weights = jnp.where(valid, weights, 0.0).astype(dtype)
         node_rank = jnp.arange(mc, dtype=jnp.int32)  # aggregates are numbered along the curve
     # Coarsest level: dense, gauge fixed by a rank-one term, tiny ridge for isolated nodes.
     last = levels[-1]
@@ -134,6 +119,40 @@ def build(
     factor = jnp.linalg.cholesky(dense)
     overflow = overflow | ~jnp.all(jnp.isfinite(factor))
     return Hierarchy(levels, factor, overflow)
+
+
+def _contract(rows, cols, weights, m: int, cap: int):
+    """The edges ``(rows, cols, weights)`` between m nodes with duplicates summed and self-loops
+    dropped, sorted by rows and padded to ``cap`` (padding: row m - 1, weight 0); and how many
+    distinct edges there are (more than ``cap``: truncated, the caller reports it)."""
+    keep = (rows != cols) & (weights != 0)
+    weights = jnp.where(keep, weights, 0.0)
+    if jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64 or m * m < 2**31 - 1:
+        # One integer key per edge, sorted alone (~6x faster on CPU than sorting the edges with
+        # their weights); each edge finds its distinct key's number by binary search.
+        itype = jax.dtypes.canonicalize_dtype(jnp.int64)
+        key = jnp.where(keep, rows.astype(itype) * m + cols, m * m)  # dropped ones sort last
+        order = jnp.sort(key)
+        new = jnp.concatenate([jnp.array([True]), order[1:] != order[:-1]])
+        seg = jnp.cumsum(new, dtype=jnp.int32) - 1
+        summed = jax.ops.segment_sum(weights, seg[jnp.searchsorted(order, key)], cap)
+        first = jax.ops.segment_min(order, seg, cap, indices_are_sorted=True)
+        count = jnp.sum(new & (order < m * m))
+        first_r, first_c = first // m, first % m
+        valid = (first < m * m) & (summed != 0)
+    else:  # (int32 keys would overflow: sort the pairs with their weights)
+        big = jnp.int32(m)
+        sr, sc, sw = jax.lax.sort((jnp.where(keep, rows, big), jnp.where(keep, cols, big), weights), num_keys=2)
+        new = jnp.concatenate([jnp.array([True]), (sr[1:] != sr[:-1]) | (sc[1:] != sc[:-1])])
+        seg = jnp.cumsum(new) - 1
+        count = jnp.sum(new & (sr < big))
+        summed = jax.ops.segment_sum(sw, seg, cap)
+        first_r = jax.ops.segment_min(sr, seg, cap)
+        first_c = jax.ops.segment_min(sc, seg, cap)
+        valid = (first_r < big) & (summed != 0)
+    rows = jnp.where(valid, first_r, m - 1).astype(jnp.int32)  # padding last: still sorted
+    cols = jnp.where(valid, first_c, 0).astype(jnp.int32)
+    return rows, cols, jnp.where(valid, summed, 0.0).astype(weights.dtype), count
 
 
 def _chebyshev(level: Level, b, x, degree: int, lmax: float = 2.0, kappa: float = 8.0):
