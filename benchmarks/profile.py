@@ -6,8 +6,9 @@
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
-search, clipping, integration, pool certificate, far-field bounds, the first pass (all of these
-and the far test), the ring stage, the whole diagram and a multigrid-CG solve.
+search, clipping (by every candidate, and in two as the first pass does), integration, pool
+certificate, far-field bounds, the first pass (all of these and the far test), the ring stage,
+the whole diagram and a multigrid-CG solve.
 """
 
 import functools
@@ -72,6 +73,10 @@ def main():
                            (jnp.arange(n), index), batch_size=batch)
 
     polys = timeit("clipping", clip_all, cand.index)
+    first, more = dg.SPLIT[d]
+    timeit(f"clipping in two ({first}+{more})", lambda index: jax.lax.map(
+        lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, first, more),
+        (jnp.arange(n), index), batch_size=batch), cand.index)
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
                                                 batch_size=batch), polys)
     timeit("pool certificate", lambda p, cand: jax.lax.map(
@@ -80,16 +85,18 @@ def main():
         (p, jnp.arange(n), cand.pool, cand.slot), batch_size=batch), polys, cand)
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
-                                                       far_test=dg._far_test(grid, field, y, psi, 1)), cand)
+                                                       far_test=dg._far_test(grid, field, y, psi, 1),
+                                                       split=dg.SPLIT[d]), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:
         out = first + (cand.index,)
+        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices)
         for at_vertices in (False, True):
-            stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, at_vertices=at_vertices)
             out, _ = timeit(f"ring stage, {'vertices' if at_vertices else 'balls'} ({left} of {caps.fallback} rows)",
-                            lambda out: dg._redo_uncertified(stage, out, y, psi, density, grid, field,
-                                                             size=caps.fallback, hopeless=n, cond=jax.lax.cond), out)
+                            lambda out, flag: dg._redo_uncertified(stage, out, flag, y, psi, density, grid, field,
+                                                                   size=caps.fallback, hopeless=n, cond=jax.lax.cond),
+                            out, jnp.array(at_vertices))
             left = int((~out[4]).sum())
             print("uncertified after it", left)
             if not left:

@@ -3,6 +3,7 @@
     python benchmarks/uniform.py                      # default cases
     python benchmarks/uniform.py --cases 2:1e4 2:1e5 3:1e3 --tol 1e-6
     python benchmarks/uniform.py --sdot-python /tmp/sdotenv/bin/python
+    python benchmarks/uniform.py --cases 2:1e4 --compilation-cache /tmp/xla   # twice: cold, then warm
 
 Prints one row per case: n, d, points, seconds of the solve after compilation (wall and CPU: the
 CPU seconds stay meaningful when other work shares the machine), compile seconds
@@ -26,7 +27,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import numpy as np
 
-from sdot_jax import Box
+from sdot_jax import Box, enable_compilation_cache
 from sdot_jax.api import _newton_jit, grown_after
 from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve.newton import Status
@@ -110,7 +111,11 @@ def main():
     p.add_argument("--cases", nargs="*", default=["2:1e3", "2:1e4", "2:1e5", "3:1e3", "3:1e4", "2:1e4:clustered"])
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--sdot-python", default=None)
+    p.add_argument("--compilation-cache", default=None, metavar="DIR",
+                   help="keep compiled programs in DIR (a second run of the same cases compiles from there)")
     args = p.parse_args()
+    if args.compilation_cache:
+        enable_compilation_cache(args.compilation_cache)
     print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}")
     head = ("| n | d | points | s (run) | CPU s | s (compile) | Newton | diagrams | CG/step | worst rel. err "
             "| peak RSS MB |")

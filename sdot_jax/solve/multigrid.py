@@ -14,8 +14,12 @@ preconditioner.
 **Cycle.** A symmetric V-cycle: Chebyshev smoothing on $D^{-1} A$ over the interval
 $[\lambda_{\max}/\kappa, \lambda_{\max}]$ with $\lambda_{\max} = 2$ (a bound for any Laplacian's
 $D^{-1} L$), restriction by aggregate sums, coarse correction scaled by ``boost`` (a classic
-remedy for the energy lost by piecewise-constant prolongation), dense Cholesky at the coarsest
-level with the gauge fixed by a rank-one term.
+remedy for the energy lost by piecewise-constant prolongation; below 2 the cycle stays a
+contraction), dense Cholesky at the coarsest level with the gauge fixed by a rank-one term.
+
+CG steps to a relative residual of 1e-6 on the Newton Laplacian of 2D uniform seeds at zero
+weights (throw-away script; 1e-2 and 1e-4 grow alike): boost 1: 39, 63, 110 at n = 1e4, 1e5, 1e6
+(2.8x); boost 1.5: 31, 41, 54 (1.7x); 1.7 gained one or two steps more.
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def _chebyshev(level: Level, b, x, degree: int, lmax: float = 2.0, kappa: float 
     return x
 
 
-def v_cycle(h: Hierarchy, b: Float[Array, " n"], degree: int = 2, boost: float = 1.0) -> Float[Array, " n"]:
+def v_cycle(h: Hierarchy, b: Float[Array, " n"], degree: int = 2, boost: float = 1.5) -> Float[Array, " n"]:
     """One symmetric V-cycle applied to ``b`` (an approximation of $A^+ b$)."""
 
     def cycle(l, b):
