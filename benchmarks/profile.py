@@ -6,7 +6,7 @@
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
-search, clipping (by every candidate, and in two as the first pass does), integration, pool
+search, clipping (by every candidate, and in two as the 3D first pass does), integration, pool
 certificate, far-field bounds, the first pass (all of these and the far test), the ring stage,
 the whole diagram and a multigrid-CG solve.
 """
@@ -73,10 +73,11 @@ def main():
                            (jnp.arange(n), index), batch_size=batch)
 
     polys = timeit("clipping", clip_all, cand.index)
-    first, more = dg.SPLIT[d]
-    timeit(f"clipping in two ({first}+{more})", lambda index: jax.lax.map(
-        lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, first, more),
-        (jnp.arange(n), index), batch_size=batch), cand.index)
+    split = dg.split_for(d, k)
+    if split:
+        timeit(f"clipping in two {split}", lambda index: jax.lax.map(
+            lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, *split),
+            (jnp.arange(n), index), batch_size=batch), cand.index)
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
                                                 batch_size=batch), polys)
     timeit("pool certificate", lambda p, cand: jax.lax.map(
@@ -86,7 +87,7 @@ def main():
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
                                                        far_test=dg._far_test(grid, field, y, psi, 1),
-                                                       split=dg.SPLIT[d]), cand)
+                                                       split=split), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:

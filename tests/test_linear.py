@@ -63,6 +63,21 @@ def test_solve_matches_scipy(problem, method):
     np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
 
 
+def test_an_overflowed_compact_list_falls_back_to_the_padded_operator(problem, monkeypatch):
+    """With room for only n of the ~6n facet entries, the compact Laplacian says it overflowed:
+    its operator is the padded one, and the solve (Jacobi-preconditioned, with that operator's
+    diagonal) still matches scipy."""
+    lap, L, rhs = problem
+    monkeypatch.setattr(linear, "compact_capacity", lambda n, k, d: n)
+    comp = linear.compact(lap, 2)
+    assert bool(comp.overflow)
+    np.testing.assert_allclose(np.asarray(comp.mv(jnp.asarray(rhs))), L @ rhs, rtol=1e-10, atol=1e-12)
+    x, info = jax.jit(lambda lap, b: linear.solve_with_info(lap, b, 1e-10, method="multigrid"))(lap, jnp.asarray(rhs))
+    assert bool(info.ok)
+    ref = _reference(L, rhs)
+    np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+
+
 def test_multigrid_needs_few_iterations(problem):
     lap, _, rhs = problem
     solve = jax.jit(lambda lap, b, m: linear.solve_with_info(lap, b, 1e-8, method=m)[1].steps, static_argnums=2)
@@ -90,3 +105,25 @@ def test_morton_order_is_a_permutation():
     y = jnp.asarray(np.random.default_rng(1).random((1000, 3)))
     order = np.asarray(multigrid.morton_order(y))
     assert sorted(order.tolist()) == list(range(1000))
+
+
+@pytest.mark.parametrize("key", [jnp.int64, jnp.int32, None], ids=["int64", "int32", "pairs"])
+def test_contracted_edges_sum_duplicates_on_every_key_path(key):
+    """`multigrid._contract` (coarse operators): duplicates summed, self-loops dropped, rows
+    sorted with the padding last, the distinct count reported (also past the capacity); the same
+    on its three paths (int64 keys, int32 keys, a sort of the pairs), against a dict."""
+    rng = np.random.default_rng(3)
+    m, e = 40, 3000
+    rows, cols = rng.integers(0, m, e), rng.integers(0, m, e)
+    w = rng.random(e) * (rng.random(e) > 0.1)
+    reference = {}
+    for a, b, x in zip(rows, cols, w):
+        if a != b and x != 0:
+            reference[(a, b)] = reference.get((a, b), 0.0) + x
+    args = (jnp.asarray(rows, jnp.int32), jnp.asarray(cols, jnp.int32), jnp.asarray(w), m)
+    r, c, ww, count = (np.asarray(a) for a in multigrid._contract(*args, 2000, key))
+    assert int(count) == len(reference) and np.all(np.diff(r) >= 0)
+    got = {(a, b): x for a, b, x in zip(r, c, ww) if x != 0}
+    assert got.keys() == reference.keys()
+    np.testing.assert_allclose([got[p] for p in reference], list(reference.values()), rtol=1e-12)
+    assert int(multigrid._contract(*args, 10, key)[3]) == len(reference)  # over capacity: reported

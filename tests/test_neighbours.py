@@ -187,7 +187,10 @@ def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells
 def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     """`clip_cell_in_two` clips by the first candidates, then only by those of the others that
     cut that cell: the same cells as clipping by all of them (masses, moments, facet integrals),
-    or, when more of the others cut than it has room for, a cell marked incomplete."""
+    or, when more of the others cut than it has room for, a cell marked incomplete that the
+    first pass does not certify.  The target (a convex hull) has half-spaces of its own, whose
+    plane ids come after the candidates'."""
+    from sdot_jax import ConvexHull
     from sdot_jax.geometry import diagram
     from sdot_jax.geometry.kernels import kernel_for
 
@@ -196,17 +199,18 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     y = jnp.asarray(rng.random((n, d)))
     psi = jnp.asarray(0.002 * rng.standard_normal(n))
     caps = Capacities.default(n, d)
-    k, box, kernel = caps.candidates, Box().with_dim(d), kernel_for(d)
+    k, kernel = caps.candidates, kernel_for(d)
+    hull = ConvexHull(np.concatenate([np.eye(d) * 1.2 - 0.1, -0.1 * np.ones((1, d)), 0.9 * np.ones((1, d))]))
     cand = neighbours.brute_force(y, psi, k)
     y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
+    splits = ((k // 2, k // 4), (4, 2))
 
     def cells(i, index):
-        args = (y[i], psi[i], index, y_pad, psi_pad, box, caps.vertices)
-        full = kernel.integrate(diagram.clip_cell(*args), box, y[i], k)
-        out = [full]
-        for split in (diagram.SPLIT[d], (4, 2)):
+        args = (y[i], psi[i], index, y_pad, psi_pad, hull, caps.vertices)
+        out = [kernel.integrate(diagram.clip_cell(*args), hull, y[i], k)]
+        for split in splits:
             poly, complete = diagram.clip_cell_in_two(*args, *split)
-            out.append((kernel.integrate(poly, box, y[i], k), complete))
+            out.append((kernel.integrate(poly, hull, y[i], k), complete))
         return out
 
     full, (default, complete), (starved, starved_complete) = jax.jit(jax.vmap(cells))(jnp.arange(n), cand.index)
@@ -216,3 +220,9 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
         for a, b in zip(full, split):
             np.testing.assert_allclose(np.asarray(b)[ok], np.asarray(a)[ok], rtol=1e-10, atol=1e-14)
         assert np.all(np.asarray(split[0])[~ok] >= np.asarray(full[0])[~ok] - 1e-14)  # only too large
+
+    cut_short = jax.jit(lambda: diagram._cells(jnp.arange(n), cand, y, psi, hull, caps.vertices, split=splits[1]))()
+    certified = np.asarray(cut_short[4])
+    empty = np.asarray(cut_short[0]) == 0  # (clipping only removes: an empty cell is final)
+    assert not np.any(certified & ~starved_complete & ~empty) and certified.sum() > 0
+    np.testing.assert_allclose(np.asarray(cut_short[0])[certified], np.asarray(full[0])[certified], rtol=1e-10)

@@ -127,7 +127,7 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
     rank = jnp.cumsum(cuts) - 1
     pick = jnp.full((more,), k - first, jnp.int32).at[jnp.where(cuts, rank, more)].set(
         jnp.arange(k - first, dtype=jnp.int32), mode="drop")
-    # Padding: the plane 0 . x <= 1, which cuts nothing.
+    # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
     normals = jnp.concatenate([normals[first:], jnp.zeros_like(normals[:1])])[pick]
     offsets = jnp.concatenate([offsets[first:], jnp.ones_like(offsets[:1])])[pick]
     poly = _clip_by(poly, normals, offsets, first + pick)
@@ -243,11 +243,13 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
-#: First pass of the grid search: (first, more) of `clip_cell_in_two` by dimension.  1e4 uniform
-#: seeds: more than 12 of the candidates after the first 24 cut 0.15% (zero weights) and 0.2%
-#: (optimum) of the 3D cells; after the first 16 in 2D, 0.01% and 0.02%.  Clipping in 3D: 2.4 ->
-#: 1.9 s, first pass 3.2 -> 2.8 s.
-SPLIT = {2: (16, 12), 3: (24, 12)}
+def split_for(d: int, k: int) -> tuple[int, int] | None:
+    """``(first, more)`` of `clip_cell_in_two` for the first pass of the grid search: in 3D, the
+    first k / 2 candidates, then at most k / 4 of the others.  1e4 uniform seeds, k = 48: more
+    than 12 of the candidates after the first 24 cut 0.15% (zero weights) and 0.2% (optimum) of
+    the cells; clipping 2.4 -> 1.9 s, first pass 3.2 -> 2.8 s.  None in 2D, which clips 32 small
+    polygons (28 instead would save ~10 ms of 530)."""
+    return (k // 2, k // 4) if d == 3 and k >= 8 else None
 
 #: Vertex-seed pairs of the pool test per batch of cells (at most 4096 cells in 2D, 256 in 3D).
 #: Smaller batches stay in cache: the first pass of 1e4 uniform cells took 464 ms at 2^24, 300
@@ -359,7 +361,9 @@ def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, *, k: int,
     search = lambda rows: neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2)  # noqa: E731
     vertex_test = _vertex_test(grid, field, y, psi, 2)
 
-    def maybe_vertex_test(*args):  # (a flag of the whole stage: a branch, also under vmap)
+    def maybe_vertex_test(*args):
+        # A branch, also under vmap with `cond_any` (Newton); under vmap with `lax.cond`, whose
+        # batched predicate batches every operand, a select: the balls pass then pays for it too.
         return jax.lax.cond(at_vertices, vertex_test, lambda *_: jnp.array(False), *args)
 
     return _redo(out, rows, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2), maybe_vertex_test)
@@ -460,9 +464,8 @@ def power_diagram(
     else:
         cand = neighbours.from_grid(y, psi, grid, k)
         field = neighbours.far_field(grid, psi, y)
-        split = SPLIT.get(d)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
-                     far_test=_far_test(grid, field, y, psi, 1), split=split if split and sum(split) < k else None)
+                     far_test=_far_test(grid, field, y, psi, 1), split=split_for(d, k))
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short

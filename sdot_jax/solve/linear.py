@@ -122,8 +122,10 @@ def compact(lap: Laplacian, d: int) -> CompactLaplacian:
     rows = jnp.where(valid, safe // k, n - 1).astype(jnp.int32)  # padding last: still sorted
     cols = jnp.where(valid, lap.index.reshape(-1)[safe], 0).astype(jnp.int32)
     weights = jnp.where(valid, lap.weights.reshape(-1)[safe], 0.0)
-    diag = jax.ops.segment_sum(weights, rows, n, indices_are_sorted=True)
-    return CompactLaplacian(lap, rows, cols, weights, diag, jnp.sum(ok) > cap)
+    overflow = jnp.sum(ok) > cap
+    # (Overflowed: the operator is the padded one, and so must the Jacobi fallback's diagonal be.)
+    diag = jnp.where(overflow, lap.degree(), jax.ops.segment_sum(weights, rows, n, indices_are_sorted=True))
+    return CompactLaplacian(lap, rows, cols, weights, diag, overflow)
 
 
 class SolveInfo(eqx.Module):

@@ -14,8 +14,9 @@ preconditioner.
 **Cycle.** A symmetric V-cycle: Chebyshev smoothing on $D^{-1} A$ over the interval
 $[\lambda_{\max}/\kappa, \lambda_{\max}]$ with $\lambda_{\max} = 2$ (a bound for any Laplacian's
 $D^{-1} L$), restriction by aggregate sums, coarse correction scaled by ``boost`` (a classic
-remedy for the energy lost by piecewise-constant prolongation; below 2 the cycle stays a
-contraction), dense Cholesky at the coarsest level with the gauge fixed by a rank-one term.
+remedy for the energy lost by piecewise-constant prolongation; any boost > 0 keeps the cycle
+symmetric positive semi-definite, all CG needs), dense Cholesky at the coarsest level with the
+gauge fixed by a rank-one term.
 
 CG steps to a relative residual of 1e-6 on the Newton Laplacian of 2D uniform seeds at zero
 weights (throw-away script; 1e-2 and 1e-4 grow alike): boost 1: 39, 63, 110 at n = 1e4, 1e5, 1e6
@@ -67,8 +68,8 @@ class Hierarchy(eqx.Module):
 
 
 def coo_mv(rows, cols, weights, diag, x):
-    """$(D - W) x$ for the symmetric weight matrix W given as a COO list sorted by rows (a
-    sorted segment sum is 2x faster on CPU)."""
+    """$(D - W) x$ for the weight matrix W (symmetric up to rounding: each facet listed by both
+    cells) given as a COO list sorted by rows (a sorted segment sum is 2x faster on CPU)."""
     return diag * x - jax.ops.segment_sum(weights * x[cols], rows, diag.shape[0], indices_are_sorted=True)
 
 
@@ -91,9 +92,9 @@ def build(
     order: Int[Array, " n"],
     d: int,
 ) -> Hierarchy:
-    """Aggregation hierarchy from a symmetric COO Laplacian (``rows, cols, weights``: each
-    unordered edge stored in both directions, sorted by rows; padding entries have weight 0).
-    Every level's list is sorted by rows too."""
+    """Aggregation hierarchy from a COO Laplacian (``rows, cols, weights``: each unordered edge
+    stored in both directions, with weights equal up to rounding, sorted by rows; padding entries
+    have weight 0).  Every level's list is sorted by rows too."""
     n = order.shape[0]
     sizes = level_sizes(n)
     rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
@@ -110,7 +111,7 @@ def build(
         levels.append(Level(rows, cols, weights, diag, agg))
         mc = sizes[l + 1]
         cap = edge_capacity(mc, d, rows.shape[0])
-        rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap)
+        rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap, key_dtype(mc))
         overflow = overflow | (count > cap)
         node_rank = jnp.arange(mc, dtype=jnp.int32)  # aggregates are numbered along the curve
     # Coarsest level: dense, gauge fixed by a rank-one term, tiny ridge for isolated nodes.
@@ -125,26 +126,34 @@ def build(
     return Hierarchy(levels, factor, overflow)
 
 
-def _contract(rows, cols, weights, m: int, cap: int):
+def key_dtype(m: int):
+    """The integer type of `_contract`'s edge keys (``row * m + col``) for m nodes: int64 under
+    x64, int32 when the keys fit, else None (sort the pairs)."""
+    if jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64:
+        return jnp.int64
+    return jnp.int32 if m * m < 2**31 - 1 else None
+
+
+def _contract(rows, cols, weights, m: int, cap: int, key=None):
     """The edges ``(rows, cols, weights)`` between m nodes with duplicates summed and self-loops
     dropped, sorted by rows and padded to ``cap`` (padding: row m - 1, weight 0); and how many
-    distinct edges there are (more than ``cap``: truncated, the caller reports it)."""
+    distinct edges there are (more than ``cap``: truncated, the caller reports it).  ``key``:
+    see `key_dtype`."""
     keep = (rows != cols) & (weights != 0)
     weights = jnp.where(keep, weights, 0.0)
-    if jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64 or m * m < 2**31 - 1:
+    if key is not None:
         # One integer key per edge, sorted alone (~6x faster on CPU than sorting the edges with
         # their weights); each edge finds its distinct key's number by binary search.
-        itype = jax.dtypes.canonicalize_dtype(jnp.int64)
-        key = jnp.where(keep, rows.astype(itype) * m + cols, m * m)  # dropped ones sort last
-        order = jnp.sort(key)
+        code = jnp.where(keep, rows.astype(key) * m + cols, m * m)  # dropped ones sort last
+        order = jnp.sort(code)
         new = jnp.concatenate([jnp.array([True]), order[1:] != order[:-1]])
         seg = jnp.cumsum(new, dtype=jnp.int32) - 1
-        summed = jax.ops.segment_sum(weights, seg[jnp.searchsorted(order, key)], cap)
+        summed = jax.ops.segment_sum(weights, seg[jnp.searchsorted(order, code)], cap)
         first = jax.ops.segment_min(order, seg, cap, indices_are_sorted=True)
         count = jnp.sum(new & (order < m * m))
         first_r, first_c = first // m, first % m
-        valid = (first < m * m) & (summed != 0)
-    else:  # (int32 keys would overflow: sort the pairs with their weights)
+        valid = first < m * m
+    else:
         big = jnp.int32(m)
         sr, sc, sw = jax.lax.sort((jnp.where(keep, rows, big), jnp.where(keep, cols, big), weights), num_keys=2)
         new = jnp.concatenate([jnp.array([True]), (sr[1:] != sr[:-1]) | (sc[1:] != sc[:-1])])
@@ -153,7 +162,7 @@ def _contract(rows, cols, weights, m: int, cap: int):
         summed = jax.ops.segment_sum(sw, seg, cap)
         first_r = jax.ops.segment_min(sr, seg, cap)
         first_c = jax.ops.segment_min(sc, seg, cap)
-        valid = (first_r < big) & (summed != 0)
+        valid = first_r < big
     rows = jnp.where(valid, first_r, m - 1).astype(jnp.int32)  # padding last: still sorted
     cols = jnp.where(valid, first_c, 0).astype(jnp.int32)
     return rows, cols, jnp.where(valid, summed, 0.0).astype(weights.dtype), count
