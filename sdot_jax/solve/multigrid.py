@@ -103,7 +103,7 @@ def build(
     overflow = jnp.array(False)
     node_rank = rank  # position of each node of the current level along the curve
     for l, m in enumerate(sizes):
-        diag = jax.ops.segment_sum(weights, rows, m)
+        diag = jax.ops.segment_sum(weights, rows, m, indices_are_sorted=True)  # (every level is sorted by rows)
         if l + 1 == len(sizes):
             levels.append(Level(rows, cols, weights, diag, jnp.zeros((m,), jnp.int32)))
             break
