@@ -7,7 +7,7 @@
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping (by every candidate, and in two as the 3D first pass does), integration, pool
-certificate, far-field bounds, the first pass (all of these and the far test), the ring stage,
+certificate, far-field and pool bounds, the first pass (all of these and the far test), the ring stage,
 the whole diagram and a multigrid-CG solve.
 """
 
@@ -85,8 +85,9 @@ def main():
                                   a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
         (p, jnp.arange(n), cand.pool, cand.slot), batch_size=batch), polys, cand)
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
+    bounds = timeit("pool bounds", lambda cand: neighbours.pool_bounds(grid, field, cand.shift), cand)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
-                                                       far_test=dg._far_test(grid, field, y, psi, 1),
+                                                       vertex_test=dg._pool_bounds_test(grid, bounds, y, psi),
                                                        split=split), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)

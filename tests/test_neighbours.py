@@ -226,3 +226,51 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     empty = np.asarray(cut_short[0]) == 0  # (clipping only removes: an empty cell is final)
     assert not np.any(certified & ~starved_complete & ~empty) and certified.sum() > 0
     np.testing.assert_allclose(np.asarray(cut_short[0])[certified], np.asarray(full[0])[certified], rtol=1e-10)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pool_bounds_are_sound_and_certify_most_cells(d):
+    """`neighbours.within_pool_bounds` claims that no seed outside a cell's ring-1 pool cuts it,
+    from bounds built per grid cell (`neighbours.pool_bounds`).  Checked against every such seed
+    at every vertex (the power difference to a seed is affine): for weights with an affine part
+    (cells displaced), long-range wiggles and noise, on a bounding box four times the seeds' (long
+    cells on its border; a hard case: it certifies 61% of 99% of the cells in 2D, 1% of 64% in 3D
+    on a 5^3 grid, and the per-seed ball bound of `neighbours.excluded` it replaces in the first
+    pass 65% and 2%); and at zero weights on the seeds' square, where it must certify nearly every
+    cell that is truly certifiable (measured: 100% of 100% in 2D, 99.3% of 99.9% in 3D, where the
+    ball bound certified 96.5%)."""
+    from sdot_jax.geometry import diagram
+    from sdot_jax.geometry.kernels import kernel_for
+
+    n = 3000 if d == 2 else 2500
+    rng = np.random.default_rng(7 + d)
+    y = jnp.asarray(rng.random((n, d)))
+    kernel = kernel_for(d)
+    h2 = n ** (-2 / d)  # squared spacing
+    wiggles = np.sin(5 * np.asarray(y) @ rng.standard_normal(d)) + np.cos(3 * np.asarray(y) @ rng.standard_normal(d))
+    cases = {"zero": (np.zeros(n), Box().with_dim(d)),
+             "affine and wiggles": (0.3 * np.asarray(y) @ rng.standard_normal(d) + 20 * h2 * wiggles
+                                    + 0.3 * h2 * rng.standard_normal(n), Box(-1.5 * np.ones(d), 2.5 * np.ones(d)))}
+    grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0 if d == 2 else 27.0))
+    for name, (psi, box) in cases.items():
+        psi = jnp.asarray(psi)
+        cand = neighbours.from_grid(y, psi, grid, 32)
+        field = neighbours.far_field(grid, psi, y)
+        bounds = neighbours.pool_bounds(grid, field, cand.shift)
+        y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
+
+        def check(i):
+            poly = diagram.clip_cell(y[i], psi[i], cand.index[i], y_pad, psi_pad, box, 64 if d == 2 else 128)
+            verts, live = y[i] + poly.vertices, kernel.live_mask(poly)
+            claim = neighbours.within_pool_bounds(bounds, grid, grid.coords[i], y[i], psi[i], verts, live)
+            beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 1, -1)
+            own = jnp.sum((verts - y[i]) ** 2, -1) - psi[i]
+            other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
+            return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf)), poly.overflow
+
+        claim, worst, overflow = (np.asarray(a) for a in jax.jit(lambda r: jax.lax.map(check, r, batch_size=256))(
+            jnp.arange(n)))
+        assert not overflow.any()
+        assert not np.any(claim & (worst < -1e-12)) and claim.sum() > 0, name  # sound, and not vacuously
+        if name == "zero":
+            assert claim.mean() >= 0.98 * (worst > 0).mean()
