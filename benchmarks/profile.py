@@ -3,6 +3,8 @@
     python benchmarks/profile.py 2 1e4              # d, n
     python benchmarks/profile.py 2 1e4 image 4      # a 32x32 image of 90:1 contrast, window 4
     python benchmarks/profile.py 2 1e4 optimal      # at the optimal weights (solved first)
+    python benchmarks/profile.py 2 1e4 optimal prior  # ... ranking the optimum's neighbours first
+                                                    # (as Newton does with its last diagram's)
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
@@ -60,11 +62,15 @@ def main():
         from sdot_jax import optimal_transport_plan
         psi = optimal_transport_plan(y, density, tol=1e-6, capacities=caps).weights
     print(caps)
+    prior = None
+    if "prior" in sys.argv[3:]:
+        last = jax.jit(lambda psi: dg.power_diagram(y, psi, density, caps, neighbours.build_grid(y, *caps.grid)))(psi)
+        prior = jnp.where(last.facet_mass > 0, last.candidates, n)
     if caps.grid is None:
         raise SystemExit("n <= 4096 uses the exhaustive search: profile a larger n.")
     grid = timeit("grid build", lambda y: neighbours.build_grid(y, *caps.grid), y)
     k, kernel = caps.candidates, kernel_for(d)
-    cand = timeit("candidates", lambda y, psi: neighbours.from_grid(y, psi, grid, k), y, psi)
+    cand = timeit("candidates", lambda y, psi: neighbours.from_grid(y, psi, grid, k, first=prior), y, psi)
     y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
     batch = 4096 if d == 2 else 256
 
@@ -96,14 +102,14 @@ def main():
         stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices)
         for at_vertices in (False, True):
             out, _ = timeit(f"ring stage, {'vertices' if at_vertices else 'balls'} ({left} of {caps.fallback} rows)",
-                            lambda out, flag: dg._redo_uncertified(stage, out, flag, y, psi, density, grid, field,
+                            lambda out, flag: dg._redo_uncertified(stage, out, flag, y, psi, density, grid, field, prior,
                                                                    size=caps.fallback, hopeless=n, cond=jax.lax.cond),
                             out, jnp.array(at_vertices))
             left = int((~out[4]).sum())
             print("uncertified after it", left)
             if not left:
                 break
-    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid), y, psi)
+    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid, prior=prior), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))
     rhs = jnp.asarray(np.random.default_rng(1).standard_normal(n)) / n

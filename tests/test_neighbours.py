@@ -274,3 +274,35 @@ def test_pool_bounds_are_sound_and_certify_most_cells(d):
         assert not np.any(claim & (worst < -1e-12)) and claim.sum() > 0, name  # sound, and not vacuously
         if name == "zero":
             assert claim.mean() >= 0.98 * (worst > 0).mean()
+
+
+def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
+    """`neighbours.pool_slots` against matching ids in the pools `ring_pool` packs (rings 1 and
+    2, with ids outside the pool and padding); ranked `first`, known neighbours lead the
+    candidates, and a diagram searched that way is the same diagram."""
+    y = np.random.default_rng(3).random((N, 2))
+    caps = Capacities.default(N, 2, y)
+    grid = neighbours.build_grid(jnp.asarray(y), *caps.grid)
+    rng = np.random.default_rng(4)
+    rows = jnp.asarray(rng.choice(N, 200, replace=False))
+    index = jnp.asarray(np.concatenate([rng.integers(0, N, (200, 40)), np.full((200, 3), N)], 1))
+    for ring in (1, 2):
+        pool = np.asarray(neighbours.ring_pool(grid, jnp.asarray(y), rows, ring)[0])
+        width = pool.shape[1]
+        slots = np.asarray(neighbours.pool_slots(grid, rows, index, ring))
+        for p, ids, s in zip(pool, np.asarray(index), slots):
+            found = np.array([np.flatnonzero(p == i)[0] if i < N and np.any(p == i) else width for i in ids])
+            np.testing.assert_array_equal(s, found)
+        assert np.mean(slots < width) > 0.005  # some ids are in the pools (ring 1: 9 grid cells of ~210)
+
+    psi = jnp.asarray(1e-5 * np.random.default_rng(5).standard_normal(N))
+    plain = _diagram(y, psi, caps)
+    prior = jnp.where(plain.facet_mass > 0, plain.candidates, N)[:, ::-1]  # neighbours, in reverse order
+    cand = neighbours.from_grid(jnp.asarray(y), psi, grid, caps.candidates, first=prior)
+    count = np.asarray(jnp.sum(prior < N, 1))
+    for row in range(0, N, 50):
+        assert set(np.asarray(cand.index[row, : count[row]])) == set(np.asarray(prior[row][prior[row] < N]))
+    led = jax.jit(lambda psi, prior: power_diagram(jnp.asarray(y), psi, Box().with_dim(2), caps, grid, prior=prior))(
+        psi, prior)
+    assert np.asarray(led.certified).all() and np.asarray(plain.certified).all()
+    np.testing.assert_allclose(np.asarray(led.mass), np.asarray(plain.mass), rtol=1e-12, atol=1e-16)

@@ -49,18 +49,21 @@ class Candidates(eqx.Module):
     shift: Float[Array, "n d"]  # the seed's gauge g_i
 
 
-def _topk_nearest(offset, weight, shift, ok, k: int):
+def _topk_nearest(offset, weight, shift, ok, k: int, first=None):
     r"""For a batch of seeds and their pools: ``offset`` $\delta_j = y_j - y_i$ ``(b, p, d)``,
     ``weight`` $\psi_j - \psi_i$ ``(b, p)``, each seed's gauge ``shift`` $g_i$ ``(b, d)``, ``ok``
     which pool slots hold a seed.  Returns the positions in the pool of the k seeds nearest by the
     smaller of the two distances of the module docstring (in the gauge, $\tilde\psi_j = \psi_j -
     \psi_i + 2 \langle g_i, \delta_j \rangle$), ``(b, k)``, padded with p where the pool holds
-    fewer.  (Written on whole batches: a vmapped version was 2x slower on CPU.)"""
+    fewer; the slots ``first`` ``(b, p)`` (known neighbours), if given, ahead of all others.
+    (Written on whole batches: a vmapped version was 2x slower on CPU.)"""
     weight = weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift.astype(offset.dtype)).astype(weight.dtype)
     offset, weight = offset.astype(jnp.float32), weight.astype(jnp.float32)
     height2 = jnp.maximum(0.0, jnp.max(jnp.where(ok, weight, -jnp.inf), -1))
     lift = jnp.sqrt(jnp.where(ok, height2[:, None] - weight, 0.0)) - jnp.sqrt(height2)[:, None]
     score = jnp.sum(offset**2, -1) + jnp.minimum(lift**2, -weight)
+    if first is not None:
+        score = jnp.where(first, -jnp.finfo(score.dtype).max, score)
     neg, pos = jax.lax.top_k(jnp.where(ok, -score, -jnp.inf), min(k, score.shape[-1]))
     return _pad(jnp.where(jnp.isfinite(neg), pos, score.shape[-1]), k, score.shape[-1])
 
@@ -126,6 +129,7 @@ class Grid(eqx.Module):
     lo: Float[Array, " d"]  # grid cell (a, b, ...) is the box lo + size * [a, a+1] x [b, b+1] ...
     size: Float[Array, " d"]
     order: Int[Array, " n"]  # seeds sorted by grid cell...
+    position: Int[Array, " n"]  # ... seed i is order[position[i]]
     start: Int[Array, " G"]  # ... grid cell c holds order[start[c] : start[c] + count[c]]
     count: Int[Array, " G"]
     cells: int = eqx.field(static=True)  # per axis
@@ -475,8 +479,9 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: int, width: int, ring2_wi
     all_cells = jnp.arange(g**d, dtype=jnp.int32)
     start = jnp.searchsorted(sorted_cell, all_cells, side="left").astype(jnp.int32)
     count = jnp.searchsorted(sorted_cell, all_cells, side="right").astype(jnp.int32) - start
-    grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, start, count,
-                g, (width, ring2_width))
+    position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, position, start,
+                count, g, (width, ring2_width))
     pool, reach = ring_pool(grid, y, jnp.arange(n), 1)
     return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (pool, reach))
 
@@ -513,6 +518,30 @@ def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Arr
     return pool, jnp.where(end[:, -1] > width, 0.0, reach)
 
 
+def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"], ring: int) -> Int[Array, "b m"]:
+    """Where the seeds ``index`` (padded with n) sit in the ring-``ring`` pools of ``rows`` (as
+    `ring_pool` packs them: grid cell by grid cell, each in `Grid.order`), or the pool's width
+    when they are not in it.  O(m + 3^d) per row, where matching ids would cost O(m x pool)."""
+    n, d = grid.coords.shape
+    g = grid.cells
+    width = grid.widths[ring - 1]
+    side = 2 * ring + 1
+    coords = grid.coords[rows]
+    offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
+    around = coords[:, None, :] + offsets[None]
+    inside = jnp.all((around >= 0) & (around < g), -1)
+    count = jnp.where(inside, grid.count[_flat(jnp.clip(around, 0, g - 1), g)], 0)
+    begin = jnp.cumsum(count, -1) - count  # (b, side^d)
+    member = jnp.minimum(index, n - 1)
+    step = grid.coords[member] - coords[:, None, :]  # (b, m, d)
+    near = (index < n) & jnp.all(jnp.abs(step) <= ring, -1)
+    block = (step + ring) @ jnp.array([side ** (d - 1 - a) for a in range(d)], jnp.int32)
+    block = jnp.clip(block, 0, side**d - 1)
+    within = grid.position[member] - grid.start[_flat(grid.coords[member], g)]
+    slot = jnp.take_along_axis(begin, block, 1) + within
+    return jnp.where(near & (slot < width), slot, width)
+
+
 #: Pool slots per batch of seeds ranked together: small batches stay in cache (1e4 uniform seeds,
 #: 2D pools of 378: 176 ms in batches of 2048 seeds, 141 ms in batches of 128-512; 3D pools of
 #: ~1200: 737 ms in batches of 2048, 447 ms in batches of 128).
@@ -521,10 +550,12 @@ SLOTS_PER_BATCH = 2**16
 
 def from_grid(
     y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None,
-    ring: int = 1,
+    ring: int = 1, first: Int[Array, "b m"] | None = None,
 ) -> Candidates:
     """The k candidates (ranked as in the module docstring) of each seed of ``rows`` (all by
-    default) within its ring-``ring`` pool, each in its own gauge fitted over the pool."""
+    default) within its ring-``ring`` pool, each in its own gauge fitted over the pool; the seeds
+    ``first`` of each row (padded with n; e.g. its neighbours in the diagram of the last Newton
+    step), where they are in the pool, ahead of the others."""
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
@@ -538,7 +569,11 @@ def from_grid(
         weight = psi_pad[pool] - psi[ids][:, None]
         offset32 = offset.astype(jnp.float32)
         shift = _gauge(offset32, weight.astype(jnp.float32), ok).astype(y.dtype)
-        slot = _topk_nearest(offset, weight, shift, ok, k)
+        known = None
+        if first is not None:
+            at_slots = pool_slots(grid, ids, first[at], ring)
+            known = jax.vmap(lambda s: jnp.zeros((pool.shape[1],), bool).at[s].set(True, mode="drop"))(at_slots)
+        slot = _topk_nearest(offset, weight, shift, ok, k, known)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
     if ring == 1 and all_rows:  # (the whole pool as it is, not gathered: the hot path)

@@ -276,9 +276,12 @@ def newton(
     return final.psi, stats, final.diagram
 
 
-def _evaluate(_, y, psi, density, capacities, grid):
-    """The trial diagram (the first operand, the last one, is `_unchanged`'s)."""
-    return power_diagram(y, psi, density, capacities, grid, cond=cond_any)
+def _evaluate(last, y, psi, density, capacities, grid):
+    """The trial diagram, its neighbour search led by the neighbours in the last accepted one
+    (``last``, also `_unchanged`'s operand; before the first, none)."""
+    n = y.shape[0]
+    prior = jnp.where(last.facet_mass > 0, last.candidates, n)
+    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior)
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
