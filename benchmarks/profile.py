@@ -3,8 +3,8 @@
     python benchmarks/profile.py 2 1e4              # d, n
     python benchmarks/profile.py 2 1e4 image 4      # a 32x32 image of 90:1 contrast, window 4
     python benchmarks/profile.py 2 1e4 optimal      # at the optimal weights (solved first)
-    python benchmarks/profile.py 2 1e4 optimal prior  # ... ranking the optimum's neighbours first
-                                                    # (as Newton does with its last diagram's)
+    python benchmarks/profile.py 2 1e4 optimal prior loops  # ... ranking the optimum's neighbours
+                                                    # first and clipping with loops (as Newton does)
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
@@ -79,10 +79,12 @@ def main():
                            (jnp.arange(n), index), batch_size=batch)
 
     polys = timeit("clipping", clip_all, cand.index)
-    split = dg.split_for(d, k)
+    loops = "loops" in sys.argv[3:]
+    split = dg.split_for(d, k, loops)
     if split:
         timeit(f"clipping in two {split}", lambda index: jax.lax.map(
-            lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, *split),
+            lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, *split,
+                                          loops),
             (jnp.arange(n), index), batch_size=batch), cand.index)
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
                                                 batch_size=batch), polys)
@@ -94,7 +96,7 @@ def main():
     bounds = timeit("pool bounds", lambda cand: neighbours.pool_bounds(grid, field, cand.shift), cand)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
                                                        vertex_test=dg._pool_bounds_test(grid, bounds, y, psi),
-                                                       split=split), cand)
+                                                       split=split, loop=loops), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:
@@ -109,7 +111,7 @@ def main():
             print("uncertified after it", left)
             if not left:
                 break
-    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid, prior=prior), y, psi)
+    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid, prior=prior, loops=loops), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))
     rhs = jnp.asarray(np.random.default_rng(1).standard_normal(n)) / n

@@ -188,8 +188,8 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     """`clip_cell_in_two` clips by the first candidates, then only by those of the others that
     cut that cell: the same cells as clipping by all of them (masses, moments, facet integrals),
     or, when more of the others cut than it has room for, a cell marked incomplete that the
-    first pass does not certify.  The target (a convex hull) has half-spaces of its own, whose
-    plane ids come after the candidates'."""
+    first pass does not certify; also with the second round as a loop (Newton's).  The target (a
+    convex hull) has half-spaces of its own, whose plane ids come after the candidates'."""
     from sdot_jax import ConvexHull
     from sdot_jax.geometry import diagram
     from sdot_jax.geometry.kernels import kernel_for
@@ -203,7 +203,7 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     hull = ConvexHull(np.concatenate([np.eye(d) * 1.2 - 0.1, -0.1 * np.ones((1, d)), 0.9 * np.ones((1, d))]))
     cand = neighbours.brute_force(y, psi, k)
     y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
-    splits = ((k // 2, k // 4), (4, 2))
+    splits = ((k // 2, k // 4, False), (4, 2, False), diagram.split_for(d, k, True) + (True,))
 
     def cells(i, index):
         args = (y[i], psi[i], index, y_pad, psi_pad, hull, caps.vertices)
@@ -213,15 +213,17 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
             out.append((kernel.integrate(poly, hull, y[i], k), complete))
         return out
 
-    full, (default, complete), (starved, starved_complete) = jax.jit(jax.vmap(cells))(jnp.arange(n), cand.index)
+    full, (default, complete), (starved, starved_complete), (looped, looped_complete) = jax.jit(jax.vmap(cells))(
+        jnp.arange(n), cand.index)
     complete, starved_complete = np.asarray(complete), np.asarray(starved_complete)
-    assert complete.mean() > 0.99 and 0 < starved_complete.mean() < 0.5
-    for split, ok in ((default, complete), (starved, starved_complete)):
+    looped_complete = np.asarray(looped_complete)
+    assert complete.mean() > 0.99 and looped_complete.mean() > 0.99 and 0 < starved_complete.mean() < 0.5
+    for split, ok in ((default, complete), (starved, starved_complete), (looped, looped_complete)):
         for a, b in zip(full, split):
             np.testing.assert_allclose(np.asarray(b)[ok], np.asarray(a)[ok], rtol=1e-10, atol=1e-14)
         assert np.all(np.asarray(split[0])[~ok] >= np.asarray(full[0])[~ok] - 1e-14)  # only too large
 
-    cut_short = jax.jit(lambda: diagram._cells(jnp.arange(n), cand, y, psi, hull, caps.vertices, split=splits[1]))()
+    cut_short = jax.jit(lambda: diagram._cells(jnp.arange(n), cand, y, psi, hull, caps.vertices, split=splits[1][:2]))()
     certified = np.asarray(cut_short[4])
     empty = np.asarray(cut_short[0]) == 0  # (clipping only removes: an empty cell is final)
     assert not np.any(certified & ~starved_complete & ~empty) and certified.sum() > 0

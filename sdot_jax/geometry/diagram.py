@@ -113,12 +113,16 @@ def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
     return _clip_by(poly, normals, offsets, jnp.arange(index.shape[0]))
 
 
-def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, first: int, more: int):
+def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, first: int, more: int,
+                     loop: bool = False):
     """`clip_cell` by the first ``first`` candidates, then only by those of the others that cut
     that cell, in their order, up to ``more``: clipping only removes, so a plane that misses this
     cell misses the final one, and the cell is the same.  Returns the cell and whether it is
     complete (no more than ``more`` of the others cut it).  Most candidates beyond the first
-    dozen miss the cell, and a clip costs the same whether it cuts or not."""
+    dozen miss the cell, and a clip costs the same whether it cuts or not.  With ``loop``, the
+    second round stops after the planes that cut (under vmap: after those of the cell that has
+    most), so that it is nearly free when the true neighbours come first (Newton's
+    `power_diagram` ``prior``); a ``while_loop``, which has no reverse-mode derivative."""
     kernel = kernel_for(y_i.shape[0])
     k = index.shape[0]
     normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
@@ -132,7 +136,16 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
     # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
     normals = jnp.concatenate([normals[first:], jnp.zeros_like(normals[:1])])[pick]
     offsets = jnp.concatenate([offsets[first:], jnp.ones_like(offsets[:1])])[pick]
-    poly = _clip_by(poly, normals, offsets, first + pick)
+    if loop:
+        count = jnp.minimum(jnp.sum(cuts), more)
+
+        def clip_next(state):
+            t, poly = state
+            return t + 1, kernel.clip(poly, normals[t], offsets[t], first + pick[t])
+
+        _, poly = jax.lax.while_loop(lambda state: state[0] < count, clip_next, (jnp.int32(0), poly))
+    else:
+        poly = _clip_by(poly, normals, offsets, first + pick)
     return poly, jnp.sum(cuts) <= more
 
 
@@ -248,13 +261,24 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
-def split_for(d: int, k: int) -> tuple[int, int] | None:
-    """``(first, more)`` of `clip_cell_in_two` for the first pass of the grid search: in 3D, the
+def split_for(d: int, k: int, loop: bool = False) -> tuple[int, int] | None:
+    """``(first, more)`` of `clip_cell_in_two` for the first pass of the grid search.  In 3D, the
     first k / 2 candidates, then at most k / 4 of the others.  1e4 uniform seeds, k = 48: more
     than 12 of the candidates after the first 24 cut 0.15% (zero weights) and 0.2% (optimum) of
     the cells; clipping 2.4 -> 1.9 s, first pass 3.2 -> 2.8 s.  None in 2D, which clips 32 small
-    polygons (28 instead would save ~10 ms of 530)."""
+    polygons (28 instead would save ~10 ms of 530).  With ``loop`` (a second round that stops
+    after the planes that cut): FIRST_WITH_LOOP[d] candidates, then at most half of the others."""
+    if loop and d in FIRST_WITH_LOOP and k > FIRST_WITH_LOOP[d]:
+        return FIRST_WITH_LOOP[d], (k - FIRST_WITH_LOOP[d]) // 2
     return (k // 2, k // 4) if d == 3 and k >= 8 else None
+
+
+#: Candidates clipped in the first round when the second one is a loop (`split_for`).  1e5 uniform
+#: seeds in 2D, k = 32, whole diagram at zero weights / at the optimum with its neighbours first:
+#: no split 3995 / 3008 ms; 8 then <= 12 in a loop 2692 / 2278 ms (5759 cells left incomplete
+#: at zero weights); 12 then <= 10: 2415 ms at zero weights (855 left).  1e4 in 3D, k = 48, at
+#: the optimum: 16 then <= 16 2938 ms, 24 then <= 12 2488 ms (without the loop 2980 ms).
+FIRST_WITH_LOOP = {2: 12, 3: 24}
 
 #: Vertex-seed pairs of the pool test per batch of cells (at most 4096 cells in 2D, 256 in 3D).
 #: Smaller batches stay in cache: the first pass of 1e4 uniform cells took 464 ms at 2^24, 300
@@ -263,9 +287,10 @@ PAIRS_PER_BATCH = 2**21
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None,
-           split: tuple[int, int] | None = None):
+           split: tuple[int, int] | None = None, loop: bool = False):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
-    `clip_cell_in_two`; a cell left incomplete is not certified).
+    `clip_cell_in_two`, its second round a loop with ``loop``; a cell left incomplete is not
+    certified).
     ``far_test(i, shift, centre, radius, power)``: whether the seeds outside the pool are
     excluded by the grid's block bounds (`neighbours.excluded`); None: by ``reach`` alone.
     ``vertex_test(i, vertices, live)``: the same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
@@ -282,7 +307,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         if split is None:
             poly, complete = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), True
         else:
-            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *split)
+            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *split, loop)
         mass, first, second, facets = kernel.integrate(poly, density, y[i], k)
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
@@ -453,6 +478,7 @@ def power_diagram(
     grid: neighbours.Grid | None = None,
     cond=jax.lax.cond,
     prior: Int[Array, "n m"] | None = None,
+    loops: bool = False,
 ) -> Diagram:
     """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
     required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
@@ -462,7 +488,9 @@ def power_diagram(
     search: the ranking by distance misses some neighbours that a nearby diagram has (1e4
     uniform seeds in 3D, at the optimum: 1129 cells cut by a seed of their pool beyond the 48
     ranked first, none with the optimum's own neighbours first).  Only an order: the cells and
-    their certificates do not depend on it."""
+    their certificates do not depend on it.  ``loops``: clip with loops whose trip count
+    depends on the data (`clip_cell_in_two`): faster, not reverse-differentiable (Newton's
+    trial diagrams)."""
     n, d = y.shape
     k = capacities.candidates
     # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from
@@ -485,7 +513,7 @@ def power_diagram(
         field = neighbours.far_field(grid, psi, y)
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices,
-                     vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split_for(d, k))
+                     vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split_for(d, k, loops), loop=loops)
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short

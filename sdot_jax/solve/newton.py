@@ -281,7 +281,7 @@ def _evaluate(last, y, psi, density, capacities, grid):
     (``last``, also `_unchanged`'s operand; before the first, none)."""
     n = y.shape[0]
     prior = jnp.where(last.facet_mass > 0, last.candidates, n)
-    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior)
+    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior, loops=True)
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
