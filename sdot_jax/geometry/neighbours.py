@@ -304,8 +304,10 @@ class PoolBounds(eqx.Module):
     on its own box (`within_pool_bounds`), and the rest, summarised by ``lower``: for every $u$ in
     G's box widened by ``widen[l]`` grid cells, $|u - y_j|^2 - \tilde\psi_j \ge$ ``lower[l]`` for
     the seeds j of the rest (the gauge moves the cells back towards their seeds: it is their
-    displacement, fitted to the weights, see the module docstring).  Built in O(grid cells x blocks), shared by the ~24 seeds of a grid
-    cell (2D): the per-seed test of `excluded`, on every block, cost as much as clipping."""
+    displacement, fitted to the weights, see the module docstring).  Built in O(grid cells x
+    blocks), shared by the ~24 seeds of a grid cell (2D): the per-seed test of `excluded`, on
+    every block, cost as much as clipping (1e5 uniform seeds in 2D: 1.1 s of a 2.8 s first
+    pass)."""
 
     gauge: Float[Array, "G 2 d"]
     lower: Float[Array, "G 2 L"]
@@ -379,6 +381,7 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
     coarse_flat = _flat(blocks, gc)
     coarse_lo, coarse_hi = lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack
     is_coarse = jnp.arange(offsets.shape[0] + blocks.shape[0]) >= offsets.shape[0]
+    hard = min(hard, is_coarse.shape[0])
     widths = jnp.asarray(widen, dtype)
 
     def one(coords, gauge):
