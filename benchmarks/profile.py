@@ -8,9 +8,9 @@
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
-search, clipping (by every candidate, and in two as the 3D first pass does), integration, pool
-certificate, far-field and pool bounds, the first pass (all of these and the far test), the ring stage,
-the whole diagram and a multigrid-CG solve.
+search, clipping (by every candidate, and in two where the first pass splits it), integration,
+pool certificate, far-field and pool bounds, the first pass (all of these and the far test), the
+ring stage, the whole diagram and a multigrid-CG solve.
 """
 
 import functools
@@ -111,7 +111,8 @@ def main():
             print("uncertified after it", left)
             if not left:
                 break
-    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid, prior=prior, loops=loops), y, psi)
+    diagram = timeit("whole diagram", lambda y, psi: dg.power_diagram(y, psi, density, caps, grid, prior=prior,
+                                                                      loops=loops), y, psi)
     print("uncertified", int((~diagram.certified).sum()), "overflowed", int(diagram.overflow.sum()))
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, 1.0, multigrid.morton_order(y))
     rhs = jnp.asarray(np.random.default_rng(1).standard_normal(n)) / n

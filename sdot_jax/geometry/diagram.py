@@ -8,9 +8,10 @@ $$ 2 \langle z, y_j - y_i \rangle \le |y_j - y_i|^2 + \psi_i - \psi_j . $$
 A cell is *certified* when no other seed can cut it.  Seeds outside its pool: they are farther
 than $\rho_i \ge r_i + \sqrt{r_i^2 + \max_j \psi_j - \psi_i}$, with $r_i$ the cell's radius
 about $y_i$ (a seed at distance $\ge \rho_i$ has power distance above $r_i^2 - \psi_i$ on the
-whole cell), or, at scale, their grid blocks are excluded by affine bounds of the weights in the
-seed's gauge (`neighbours.excluded`).  Seeds of the pool: every vertex satisfies their bisectors,
-up to rounding (O(vertices x pool) per cell).
+whole cell), or, at scale, their grid blocks are excluded by affine bounds of the weights: in the
+first pass from bounds shared by the cells of a grid cell (`neighbours.pool_bounds`), in the ring
+stage in the seed's own gauge (`neighbours.excluded`).  Seeds of the pool: every vertex satisfies
+their bisectors, up to rounding (O(vertices x pool) per cell).
 
 Cells that fail are recomputed with more candidates and the exact test, then with an exhaustive
 search, and what still fails is reported in ``Diagram.certified`` -- never returned as if it
@@ -291,9 +292,11 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
     `clip_cell_in_two`, its second round a loop with ``loop``; a cell left incomplete is not
     certified).
-    ``far_test(i, shift, centre, radius, power)``: whether the seeds outside the pool are
-    excluded by the grid's block bounds (`neighbours.excluded`); None: by ``reach`` alone.
-    ``vertex_test(i, vertices, live)``: the same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
+    Seeds outside the pool are excluded by ``reach`` or by
+    ``far_test(i, shift, centre, radius, power)``, from a ball around the cell
+    (`neighbours.excluded`), or by ``vertex_test(i, vertices, live)``, from its vertices
+    (`neighbours.within_pool_bounds` in the first pass, `neighbours.excluded_at_vertices` in the
+    ring stage)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)

@@ -49,21 +49,21 @@ class Candidates(eqx.Module):
     shift: Float[Array, "n d"]  # the seed's gauge g_i
 
 
-def _topk_nearest(offset, weight, shift, ok, k: int, first=None):
+def _topk_nearest(offset, weight, shift, ok, k: int, known=None):
     r"""For a batch of seeds and their pools: ``offset`` $\delta_j = y_j - y_i$ ``(b, p, d)``,
     ``weight`` $\psi_j - \psi_i$ ``(b, p)``, each seed's gauge ``shift`` $g_i$ ``(b, d)``, ``ok``
     which pool slots hold a seed.  Returns the positions in the pool of the k seeds nearest by the
     smaller of the two distances of the module docstring (in the gauge, $\tilde\psi_j = \psi_j -
     \psi_i + 2 \langle g_i, \delta_j \rangle$), ``(b, k)``, padded with p where the pool holds
-    fewer; the slots ``first`` ``(b, p)`` (known neighbours), if given, ahead of all others.
+    fewer; the slots ``known`` ``(b, p)`` (known neighbours), if given, ahead of all others.
     (Written on whole batches: a vmapped version was 2x slower on CPU.)"""
     weight = weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift.astype(offset.dtype)).astype(weight.dtype)
     offset, weight = offset.astype(jnp.float32), weight.astype(jnp.float32)
     height2 = jnp.maximum(0.0, jnp.max(jnp.where(ok, weight, -jnp.inf), -1))
     lift = jnp.sqrt(jnp.where(ok, height2[:, None] - weight, 0.0)) - jnp.sqrt(height2)[:, None]
     score = jnp.sum(offset**2, -1) + jnp.minimum(lift**2, -weight)
-    if first is not None:
-        score = jnp.where(first, -jnp.finfo(score.dtype).max, score)
+    if known is not None:
+        score = jnp.where(known, -jnp.finfo(score.dtype).max, score)
     neg, pos = jax.lax.top_k(jnp.where(ok, -score, -jnp.inf), min(k, score.shape[-1]))
     return _pad(jnp.where(jnp.isfinite(neg), pos, score.shape[-1]), k, score.shape[-1])
 
@@ -205,9 +205,9 @@ def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
     coarse block outside the window.  For each set: (top, slope, largest, lo, hi), empty or
     skipped blocks with top = -inf; ``lo``/``hi`` widened by the float32 bucketing slack."""
     g, d = grid.cells, coords.shape[0]
-    c, gc = _coarse(g)
+    c, _ = _coarse(g)
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
-    slack = 1e-5 * (jnp.max(jnp.abs(lo)) + g * jnp.max(size))  # float32 bucketing of the seeds
+    slack = _slack(grid, dtype)
     window = -(-2 * ring // c) + 1  # coarse blocks per axis covering the pool
     base = (coords - ring) // c
 
@@ -219,17 +219,32 @@ def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
     fine = (jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
             field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
 
-    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
+    blocks, coarse = _coarse_blocks(grid, field, dtype)
     in_window = jnp.all((blocks - base >= 0) & (blocks - base < window), -1)
+    return fine, (jnp.where(in_window, -jnp.inf, coarse[0]),) + coarse[1:]
+
+
+def _coarse_blocks(grid: Grid, field: FarField, dtype):
+    """Every coarse block's coordinates and (top, slope, largest, lo, hi), its box widened by the
+    bucketing slack (`_slack`); empty blocks have top = -inf."""
+    g, d = grid.cells, grid.coords.shape[1]
+    c, gc = _coarse(g)
+    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
+    slack = _slack(grid, dtype)
+    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
     flat = _flat(blocks, gc)
-    coarse = (jnp.where(in_window, -jnp.inf, field.coarse_top[flat]), field.coarse_slope[flat],
-              field.coarse_largest[flat], lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack)
-    return fine, coarse
+    return blocks, (field.coarse_top[flat], field.coarse_slope[flat], field.coarse_largest[flat],
+                    lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack)
 
 
-def _gap(points, lo, hi):
-    """Distances from points to boxes ``[lo, hi]`` (broadcast; the last axis is d)."""
-    return jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(lo - points, points - hi)), axis=-1)
+def _slack(grid: Grid, dtype):
+    """How far a seed may lie outside its grid cell's box: it was bucketed in float32."""
+    return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + grid.cells * jnp.max(grid.size.astype(dtype)))
+
+
+def _box_gap(lo_a, hi_a, lo_b, hi_b):
+    """Distances between boxes (broadcast; the last axis is d); a point is the box [p, p]."""
+    return jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b)), axis=-1)
 
 
 def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power, ring: int = 1
@@ -249,7 +264,7 @@ def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, r
     ball = centre - shift
 
     def ok(top, slope, largest, block_lo, block_hi):
-        near = jnp.maximum(_gap(ball, block_lo, block_hi) - radius, 0.0)
+        near = jnp.maximum(_box_gap(ball, ball, block_lo, block_hi) - radius, 0.0)
         half_diagonal = jnp.linalg.norm(0.5 * (block_hi - block_lo), axis=-1)
         mid = 0.5 * (block_lo + block_hi)
         lifted = 2 * (mid - seed) @ shift - weight + jnp.minimum(
@@ -284,9 +299,10 @@ def excluded_at_vertices(grid: Grid, field: FarField, coords, seed, weight, vert
     def ok(top, slope, largest, block_lo, block_hi):
         mid = 0.5 * (block_lo + block_hi)
         moved = vertices[:, None, :] + slope[None]  # (V, B, d)
-        affine = (_gap(moved, block_lo, block_hi) ** 2 - jnp.sum(slope**2, -1)
+        affine = (_box_gap(moved, moved, block_lo, block_hi) ** 2 - jnp.sum(slope**2, -1)
                   - 2 * jnp.sum(slope * (vertices[:, None, :] - mid), -1) - top)
-        bound = jnp.maximum(affine, _gap(vertices[:, None, :], block_lo, block_hi) ** 2 - largest)  # (V, B)
+        at = vertices[:, None, :]
+        bound = jnp.maximum(affine, _box_gap(at, at, block_lo, block_hi) ** 2 - largest)  # (V, B)
         margin = 64 * jnp.finfo(dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(own)[:, None]
                                              + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
         return jnp.all(jnp.isneginf(top)[None] | (bound > own[:, None] + margin) | ~live[:, None])
@@ -330,11 +346,6 @@ FINE_RING = 2
 HARD = {1: 32, 2: 32, 3: 64}
 
 
-def _box_gap(lo_a, hi_a, lo_b, hi_b):
-    """Distances between boxes (broadcast; the last axis is d)."""
-    return jnp.linalg.norm(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b)), axis=-1)
-
-
 def _gap_to_block(u_lo, u_hi, block_lo, block_hi, coarse, window_lo, window_hi):
     """Lower bound of |u - y_j| for u in the box [u_lo, u_hi] and the seeds j of blocks: the gap
     between the boxes, and for a coarse block (whose seeds inside the window are counted by the
@@ -351,11 +362,6 @@ def _window(grid: Grid, coords, reach: int, slack, dtype):
     return lo + (coords - reach) * size + slack, lo + (coords + reach + 1) * size - slack
 
 
-def _slack(grid: Grid, dtype):
-    """How far a seed may lie outside its grid cell's box: it was bucketed in float32."""
-    return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + grid.cells * jnp.max(grid.size.astype(dtype)))
-
-
 def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: int = 1, fine_ring: int = FINE_RING,
                 widen: tuple[float, ...] = WIDEN, hard: int | None = None) -> PoolBounds:
     r"""The bounds of `PoolBounds`.  Over a block Q of centre $c_Q$ and half-widths $r_Q$,
@@ -365,7 +371,6 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
     cell within ``ring + fine_ring`` of G outside its pool, then every coarse block.  The
     ``hard`` blocks are those of least bound on the widest box."""
     g, d = grid.cells, grid.coords.shape[1]
-    c, gc = _coarse(g)
     dtype = shift.dtype
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     slack = _slack(grid, dtype)
@@ -377,22 +382,17 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
     reach = ring + fine_ring
     offsets = np.array(list(itertools.product(range(-reach, reach + 1), repeat=d)), np.int32)
     offsets = jnp.asarray(offsets[np.abs(offsets).max(1) > ring])
-    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
-    coarse_flat = _flat(blocks, gc)
-    coarse_lo, coarse_hi = lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack
-    is_coarse = jnp.arange(offsets.shape[0] + blocks.shape[0]) >= offsets.shape[0]
+    _, coarse = _coarse_blocks(grid, field, dtype)  # the same for every grid cell
+    is_coarse = jnp.arange(offsets.shape[0] + coarse[0].shape[0]) >= offsets.shape[0]
     hard = min(hard, is_coarse.shape[0])
     widths = jnp.asarray(widen, dtype)
 
     def one(coords, gauge):
         f = coords + offsets
         flat = _flat(jnp.clip(f, 0, g - 1), g)
-        top = jnp.concatenate([jnp.where(jnp.all((f >= 0) & (f < g), -1), field.fine_top[flat], -jnp.inf),
-                               field.coarse_top[coarse_flat]])
-        slope = jnp.concatenate([field.fine_slope[flat], field.coarse_slope[coarse_flat]])
-        largest = jnp.concatenate([field.fine_largest[flat], field.coarse_largest[coarse_flat]])
-        block_lo = jnp.concatenate([lo + f * size - slack, coarse_lo])
-        block_hi = jnp.concatenate([lo + (f + 1) * size + slack, coarse_hi])
+        fine = (jnp.where(jnp.all((f >= 0) & (f < g), -1), field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
+                field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
+        top, slope, largest, block_lo, block_hi = (jnp.concatenate(pair) for pair in zip(fine, coarse))
         mid, half = 0.5 * (block_lo + block_hi), 0.5 * (block_hi - block_lo)
         window = _window(grid, coords, reach, slack, dtype)
         own_lo, own_hi = lo + coords * size, lo + (coords + 1) * size
