@@ -10,9 +10,10 @@ facet ``planes[v, k]`` from v goes to ``neighbours[v, (k + 1) % 3]``.
 Clipping by a half-space marks the vertices outside (beyond rounding), and puts a new vertex on
 every edge from an outside vertex w to a kept vertex u.  The new vertex inherits w's planes and orientation,
 with the plane the edge leaves replaced by the new one; its neighbour across the new plane is u,
-and its two other neighbours are the new vertices found by walking the two facets of the edge
-from w through the outside vertices (a walk, not a geometric search: the table stays a
-consistent simple polyhedron whatever the rounding).  New vertices take the slots freed by the
+and its two other neighbours are the other new vertices on the two facets of the edge: found
+by matching plane ids when a facet has exactly two new vertices, else by walking the facet from
+w through the outside vertices (a walk, not a geometric search: the table stays a consistent
+simple polyhedron whatever the rounding).  New vertices take the slots freed by the
 removed ones; a clip that needs more than ``V`` slots sets ``overflow`` instead of truncating.
 Degenerate positions (a plane through a vertex) give coincident vertices and zero-length edges:
 a limit of simple polyhedra, so every integral stays exact.
@@ -91,8 +92,10 @@ def new_vertex_capacity(capacity: int) -> int:
     return max(8, capacity // 3)
 
 
-def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""], plane_id) -> Polyhedron:
-    """Intersect with the half-space ``normal . x <= offset``."""
+def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""], plane_id, *,
+         walk: bool = False) -> Polyhedron:
+    """Intersect with the half-space ``normal . x <= offset``.  ``walk``: find every new edge by
+    walking its facet (the reference for the matching used otherwise)."""
     x, planes, nbrs, valid, overflow = poly
     capacity = x.shape[0]
     m = new_vertex_capacity(capacity)
@@ -133,9 +136,17 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     # r = planes[w, 3 - j - k], walking from w away from u through outside vertices.
     j = jnp.stack([(k + 1) % 3, (k + 2) % 3], -1)  # (m, 2)
     facet = jnp.take_along_axis(planes_w, 3 - j - k[:, None], -1)
+    # The other end of that new edge is the other new vertex on facet r: unique unless rounding
+    # split the facet's outside vertices into several runs; those few walk the facet instead
+    # (3D, 1e4 cells by 24 planes each: 1119 -> 916 ms against walking every facet).
+    new_ids = jnp.where(live_e[:, None], new_planes, -2)
+    on_r = jnp.any(new_ids[None, None, :, :] == facet[:, :, None, None], -1)  # (m, 2, m')
+    on_r = on_r & (jnp.arange(m)[:, None, None] != jnp.arange(m)[None, None, :])
+    partner = jnp.argmax(on_r, -1)
+    ambiguous = live_e[:, None] & (jnp.sum(on_r, -1) != 1)
     prev = jnp.broadcast_to(w[:, None], j.shape)
     cur = jnp.take_along_axis(nbrs[w], j, -1)
-    active = live_e[:, None]
+    active = live_e[:, None] if walk else ambiguous
 
     def walking(state):
         prev, cur, steps = state
@@ -151,7 +162,7 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
         return jnp.where(go, cur, prev), jnp.where(go, nxt, cur), steps + 1
 
     prev, cur, _ = jax.lax.while_loop(walking, step, (prev, cur, jnp.int32(0)))
-    side = slot_of_edge[3 * prev + _index_of(nbrs[prev], cur)]  # (m, 2)
+    side = jnp.where(active, slot_of_edge[3 * prev + _index_of(nbrs[prev], cur)], slot[partner])  # (m, 2)
     j_hot = j[:, :, None] == jnp.arange(3)  # (m, 2, 3)
     new_nbrs = jnp.where(k_hot, u[:, None], jnp.sum(jnp.where(j_hot, side[:, :, None], 0), 1, dtype=jnp.int32))
 
