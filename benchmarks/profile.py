@@ -72,10 +72,11 @@ def main():
     k, kernel = caps.candidates, kernel_for(d)
     cand = timeit("candidates", lambda y, psi: neighbours.from_grid(y, psi, grid, k, first=prior), y, psi)
     y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
-    batch = 4096 if d == 2 else 256
+    batch = dg.CLIP_BATCH[d]
+    slots = dg.first_pass_vertices(d, caps.vertices)
 
     def clip_all(index):
-        return jax.lax.map(lambda a: dg.clip_cell(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices),
+        return jax.lax.map(lambda a: dg.clip_cell(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, slots),
                            (jnp.arange(n), index), batch_size=batch)
 
     polys = timeit("clipping", clip_all, cand.index)
@@ -83,7 +84,7 @@ def main():
     split = dg.split_for(d, k, loops)
     if split:
         timeit(f"clipping in two {split}", lambda index: jax.lax.map(
-            lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, caps.vertices, *split,
+            lambda a: dg.clip_cell_in_two(y[a[0]], psi[a[0]], a[1], y_pad, psi_pad, density, slots, *split,
                                           loops),
             (jnp.arange(n), index), batch_size=batch), cand.index)
     timeit("integration", lambda p: jax.lax.map(lambda a: kernel.integrate(a[0], density, a[1], k), (p, y),
@@ -91,17 +92,18 @@ def main():
     timeit("pool certificate", lambda p, cand: jax.lax.map(
         lambda a: dg._cut_by_pool(a[0].vertices, kernel.live_mask(a[0]), jnp.sqrt(kernel.squared_radius(a[0])),
                                   a[1], y[a[1]], psi[a[1]], a[2], a[3], y_pad, psi_pad),
-        (p, jnp.arange(n), cand.pool, cand.slot), batch_size=batch), polys, cand)
+        (p, jnp.arange(n), cand.pool, cand.slot),
+        batch_size=max(8, min(batch, dg.PAIRS_PER_BATCH // (cand.pool.shape[1] * slots)))), polys, cand)
     field = timeit("far-field bounds", lambda psi: neighbours.far_field(grid, psi, y), psi)
     bounds = timeit("pool bounds", lambda cand: neighbours.pool_bounds(grid, field, cand.shift), cand)
-    first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, caps.vertices,
+    first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, slots,
                                                        vertex_test=dg._pool_bounds_test(grid, bounds, y, psi),
                                                        split=split, loop=loops), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
     if left:
         out = first + (cand.index,)
-        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices)
+        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, loop=loops)
         for at_vertices in (False, True):
             out, _ = timeit(f"ring stage, {'vertices' if at_vertices else 'balls'} ({left} of {caps.fallback} rows)",
                             lambda out, flag: dg._redo_uncertified(stage, out, flag, y, psi, density, grid, field, prior,

@@ -308,3 +308,42 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
         psi, prior)
     assert np.asarray(led.certified).all() and np.asarray(plain.certified).all()
     np.testing.assert_allclose(np.asarray(led.mass), np.asarray(plain.mass), rtol=1e-12, atol=1e-16)
+
+
+def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking():
+    """A neighbour ranked beyond k by distance cuts the cell of the k nearest; re-ranked once by
+    how deep pool seeds cut it (as the ring stage's last pass does), every true neighbour is a
+    candidate (the reference: each cell clipped by all other seeds)."""
+    from sdot_jax.geometry import diagram
+
+    n, d, k = 400, 3, 32
+    rng = np.random.default_rng(7)
+    y = jnp.asarray(rng.random((n, d)))
+    psi = jnp.asarray(0.002 * rng.standard_normal(n))
+    density = Box().with_dim(d)
+    grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 40.0))
+    y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
+
+    @jax.jit
+    def run():
+        rows = jnp.arange(n)
+        cand = neighbours.from_grid(y, psi, grid, k, ring=2, rows=rows)
+        again = diagram._pool_deepest_cuts(rows, cand, y, psi, density, 64)
+        others = jnp.array([[j for j in range(n) if j != i] for i in range(n)])
+        cells = jax.vmap(lambda i, idx: diagram.clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, 64))(rows, others)
+        return cand.index, again.index, again.slot, again.pool, others, cells
+
+    *arrays, cells = run()
+    before, after, slot, pool, others = map(np.asarray, arrays)
+    assert not np.any(np.asarray(cells.overflow))
+    planes = np.asarray(cells.planes)
+    missed = 0
+    for i in range(n):
+        ids = planes[i][np.asarray(cells.valid[i])].ravel()
+        true = set(others[i][ids[ids < n - 1]].tolist())
+        missed += bool(true - set(before[i].tolist()))
+        assert len(true) <= k
+        assert true <= set(after[i].tolist()), i
+        live = after[i] < n
+        np.testing.assert_array_equal(pool[i][slot[i][live]], after[i][live])
+    assert missed > n // 20  # the distance ranking alone misses some
