@@ -383,19 +383,10 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     # cells -> 1024 and 37; 2D 1e5 1116 -> 929 ms, 481 -> 4096 and 481).
     tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
     batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1)))
-    clip_batch = max(batch, CLIP_BATCH[min(d, 3)])
-
-    def one(args):
-        i, idx, *rest = args
-        poly, complete, (mass, first, second, facets) = clipped((i, idx))
-        return mass, first, second, facets, test((poly, complete, i, *rest)), poly.overflow
-
-    operands = (rows, cand.index, pool, cand.slot, cand.reach, cand.shift)
-    if clip_batch == batch:
-        return jax.lax.map(one, operands, batch_size=min(batch, rows.shape[0]))
-    poly, complete, (mass, first, second, facets) = jax.lax.map(clipped, (rows, cand.index),
-                                                                batch_size=min(clip_batch, rows.shape[0]))
-    ok = jax.lax.map(test, (poly, complete) + operands[:1] + operands[2:], batch_size=min(batch, rows.shape[0]))
+    poly, complete, (mass, first, second, facets) = jax.lax.map(
+        clipped, (rows, cand.index), batch_size=min(max(batch, CLIP_BATCH[min(d, 3)]), rows.shape[0]))
+    ok = jax.lax.map(test, (poly, complete, rows, pool, cand.slot, cand.reach, cand.shift),
+                     batch_size=min(batch, rows.shape[0]))
     return mass, first, second, facets, ok, poly.overflow
 
 
