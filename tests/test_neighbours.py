@@ -347,3 +347,26 @@ def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking(
         live = after[i] < n
         np.testing.assert_array_equal(pool[i][slot[i][live]], after[i][live])
     assert missed > n // 20  # the distance ranking alone misses some
+
+
+def test_cells_that_overflow_the_ring_stage_get_twice_the_slots_in_the_exhaustive_stage():
+    """3D grid search with 32 vertex slots (the first pass holds 20): cells with more vertices
+    overflow it and the ring stage, and are redone exhaustively with 64; the masses are those of
+    the exhaustive search with 64 slots, where 32 slots alone overflow."""
+    n, d = 1000, 3
+    rng = np.random.default_rng(11)
+    y = jnp.asarray(rng.random((n, d)))
+    psi = jnp.asarray(0.001 * rng.standard_normal(n))
+    density = Box().with_dim(d)
+    grid_caps = neighbours.grid_capacity(np.asarray(y), 40.0)
+    small = Capacities(32, 48, n, grid_caps)
+    grid = neighbours.build_grid(y, *grid_caps)
+    diagram = jax.jit(lambda y, psi: power_diagram(y, psi, density, small, grid))(y, psi)
+    assert bool(jnp.all(diagram.certified)) and not bool(jnp.any(diagram.overflow)) and not bool(diagram.short)
+    exhaustive = Capacities.default(n, d)
+    assert exhaustive.grid is None and exhaustive.vertices == 64
+    reference = jax.jit(lambda y, psi: power_diagram(y, psi, density, exhaustive))(y, psi)
+    assert bool(jnp.all(reference.certified)) and not bool(jnp.any(reference.overflow))
+    np.testing.assert_allclose(np.asarray(diagram.mass), np.asarray(reference.mass), rtol=1e-11, atol=1e-15)
+    tight = Capacities(32, exhaustive.candidates, exhaustive.fallback, None)
+    assert bool(jnp.any(jax.jit(lambda y, psi: power_diagram(y, psi, density, tight))(y, psi).overflow))

@@ -601,9 +601,14 @@ def power_diagram(
 
             # Balls, then vertex by vertex for the cells left: one compiled stage run twice.
             (out, short), _ = jax.lax.scan(ring_pass, (out, short), jnp.array([False, True]))
+            # A cell that overflowed the ring stage's slots too is left to the exhaustive stage,
+            # with twice as many (3D 1e5, the first Newton step from zero weights: one cell
+            # overflowed 64 slots at t = 1/4 and 1/8, and each trial was rejected).
+            out = out[:4] + (out[4] & ~out[5], jnp.zeros_like(out[5])) + out[6:]
+            slots = 2 * capacities.vertices
         else:
-            size = capacities.fallback
-        stage = functools.partial(_exhaustive_stage, k=k2, capacity=capacities.vertices)
+            size, slots = capacities.fallback, capacities.vertices
+        stage = functools.partial(_exhaustive_stage, k=k2, capacity=slots)
         out, beyond = _redo_uncertified(stage, out, y, psi, density, size=size, hopeless=size, cond=cond)
         short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
