@@ -262,12 +262,12 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
-def _pool_deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, split=None,
-                       loop: bool = False) -> neighbours.Candidates:
+def _pool_deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
     """`_deepest_cuts` within each row's pool: the candidates of ``rows`` re-ranked among its
-    pool on the cell they clip (as `_cells` does with ``split`` and ``loop``).  For the rare
-    neighbour that ranks beyond k by distance (1e5 uniform seeds in 3D, at the optimum: 187
-    cells missed one, ~2.8 spacings away, among the ring stage's 96 candidates)."""
+    pool on the cell they clip.  For the rare neighbour that ranks beyond k by distance (1e5
+    uniform seeds in 3D, at the optimum: 187 cells missed one, ~2.8 spacings away, among the ring
+    stage's 96 candidates).  Clips with the plain scan: it runs for few cells, and clipping in
+    two would add a second copy of the clip to compile (3D diagram: 22.7 -> 21.6 s)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -276,10 +276,7 @@ def _pool_deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capac
 
     def one(args):
         i, idx, pool = args
-        if split is None:
-            poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
-        else:
-            poly, _ = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *split, loop)
+        poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
         r = jnp.sqrt(kernel.squared_radius(poly))
         excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], y_pad[pool], psi_pad[pool])
         score = jnp.where(jnp.abs(excess) <= tol, jnp.inf, excess)  # its own facets first
@@ -310,6 +307,7 @@ def split_for(d: int, k: int, loop: bool = False) -> tuple[int, int] | None:
 #: at zero weights); 12 then <= 10: 2415 ms at zero weights (855 left).  1e4 in 3D, k = 48, at
 #: the optimum: 16 then <= 16 2938 ms, 24 then <= 12 2488 ms (without the loop 2980 ms).
 FIRST_WITH_LOOP = {2: 12, 3: 24}
+
 
 def first_pass_vertices(d: int, capacity: int) -> int:
     """Vertex slots of the grid search's first pass: in 3D, 5/8 of ``capacity`` (40 of 64 hold
@@ -448,14 +446,13 @@ def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, prior, *, 
     """Redo the cells ``rows`` with k candidates from the ring-2 pool (``prior`` first, see
     `power_diagram`), their far field bounded by `neighbours.excluded` or (``at_vertices``, a
     traced flag: for long cells; ~2x the cost) also vertex by vertex
-    (`neighbours.excluded_at_vertices`) and, for the cells left by the first pass, then
-    re-ranked by how deep they cut the cell (`_pool_deepest_cuts`); clipped in two as the first
-    pass (`split_for`)."""
+    (`neighbours.excluded_at_vertices`), its candidates then also re-ranked by how deep they
+    cut the cell (`_pool_deepest_cuts`); clipped in two as the first pass (`split_for`)."""
     split = split_for(y.shape[1], k, loop)
 
     def search(rows):
         cand = neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2, first=None if prior is None else prior[rows])
-        return jax.lax.cond(at_vertices, lambda c: _pool_deepest_cuts(rows, c, y, psi, density, capacity, split, loop),
+        return jax.lax.cond(at_vertices, lambda c: _pool_deepest_cuts(rows, c, y, psi, density, capacity),
                             lambda c: c, cand)
 
     vertex_test = _vertex_test(grid, field, y, psi, 2)
