@@ -328,7 +328,7 @@ def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking(
     def run():
         rows = jnp.arange(n)
         cand = neighbours.from_grid(y, psi, grid, k, ring=2, rows=rows)
-        again = diagram._pool_deepest_cuts(rows, cand, y, psi, density, 64)
+        again = diagram._deepest_cuts(rows, cand, y, psi, density, 64)
         others = jnp.array([[j for j in range(n) if j != i] for i in range(n)])
         cells = jax.vmap(lambda i, idx: diagram.clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, 64))(rows, others)
         return cand.index, again.index, again.slot, again.pool, others, cells

@@ -233,41 +233,16 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad)
 
 
 def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
-    """The candidates of ``rows`` re-ranked among all seeds on the cell clipped by ``cand``: its
-    own facets first (excess ~0), then the seeds that cut it deepest.  The next polygon lies
-    inside this one, and every true neighbour either bounds it already or cuts it, so a few
-    rounds find neighbours that no ranking by distance reaches: along the long cells beyond
-    the Diracs' convex hull (hull vertices far apart), where up to 2345 of 1e4 seeds cut the
-    first polygon (Diracs clustered near a line)."""
-    n, d = y.shape
-    k = cand.index.shape[1]
-    kernel = kernel_for(d)
-    y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
-    psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
-
-    def one(args):
-        i, idx = args
-        poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
-        r = jnp.sqrt(kernel.squared_radius(poly))
-        excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], y, psi)
-        # The polygon's own facets first (excess ~0: they keep the next polygon inside this one),
-        # then the deepest cuts.  (float32: only an order; lax.top_k in float64 is 20-40x slower
-        # on CPU.)
-        score = jnp.where(jnp.abs(excess) <= tol, jnp.inf, excess)
-        score = jnp.where(jnp.arange(n) == i, -jnp.inf, score).astype(jnp.float32)
-        return jax.lax.top_k(score, k)[1].astype(idx.dtype)
-
-    batch = max(8, min(1024, 2**24 // (n * capacity)))
-    index = jax.lax.map(one, (rows, cand.index), batch_size=min(batch, rows.shape[0]))
-    return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
-
-
-def _pool_deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
-    """`_deepest_cuts` within each row's pool: the candidates of ``rows`` re-ranked among its
-    pool on the cell they clip.  For the rare neighbour that ranks beyond k by distance (1e5
-    uniform seeds in 3D, at the optimum: 187 cells missed one, ~2.8 spacings away, among the ring
-    stage's 96 candidates).  Clips with the plain scan: it runs for few cells, and clipping in
-    two would add a second copy of the clip to compile (3D diagram: 22.7 -> 21.6 s)."""
+    """The candidates of ``rows`` re-ranked among their pool (all seeds when ``cand.pool`` is
+    None) on the cell clipped by ``cand``: its own facets first (excess ~0), then the seeds that
+    cut it deepest.  The next polygon lies inside this one, and every true neighbour either
+    bounds it already or cuts it, so a few rounds find neighbours that no ranking by distance
+    reaches: along the long cells beyond the Diracs' convex hull (hull vertices far apart), where
+    up to 2345 of 1e4 seeds cut the first polygon (Diracs clustered near a line), and the rare
+    neighbour ranked beyond k (1e5 uniform seeds in 3D, at the optimum: 187 cells missed one,
+    ~2.8 spacings away, among the ring stage's 96 candidates).  Clips with the plain scan: it
+    runs for few cells, and clipping in two would add a copy of the clip to compile (3D diagram:
+    22.7 -> 21.6 s)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -276,15 +251,24 @@ def _pool_deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capac
 
     def one(args):
         i, idx, pool = args
+        ids = jnp.arange(n) if pool is None else pool
+        ys, psis = (y, psi) if pool is None else (y_pad[pool], psi_pad[pool])
         poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
         r = jnp.sqrt(kernel.squared_radius(poly))
-        excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], y_pad[pool], psi_pad[pool])
-        score = jnp.where(jnp.abs(excess) <= tol, jnp.inf, excess)  # its own facets first
-        score = jnp.where((pool == i) | (pool >= n), -jnp.inf, score).astype(jnp.float32)
+        excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], ys, psis)
+        # The polygon's own facets first (excess ~0: they keep the next polygon inside this one),
+        # then the deepest cuts.  (float32: only an order; lax.top_k in float64 is 20-40x slower
+        # on CPU.)
+        score = jnp.where(jnp.abs(excess) <= tol, jnp.inf, excess)
+        score = jnp.where((ids == i) | (ids >= n), -jnp.inf, score).astype(jnp.float32)
         best, slot = jax.lax.top_k(score, k)
-        return jnp.where(jnp.isneginf(best), n, pool[slot]), jnp.where(jnp.isneginf(best), pool.shape[0], slot)
+        none = jnp.isneginf(best)
+        return jnp.where(none, n, ids[slot]).astype(idx.dtype), jnp.where(none, ids.shape[0], slot)
 
-    batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // (cand.pool.shape[1] * capacity)))
+    if cand.pool is None:
+        batch = max(8, min(1024, 2**24 // (n * capacity)))
+    else:
+        batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // (cand.pool.shape[1] * capacity)))
     index, slot = jax.lax.map(one, (rows, cand.index, cand.pool), batch_size=min(batch, rows.shape[0]))
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, slot))
 
@@ -447,12 +431,12 @@ def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, prior, *, 
     `power_diagram`), their far field bounded by `neighbours.excluded` or (``at_vertices``, a
     traced flag: for long cells; ~2x the cost) also vertex by vertex
     (`neighbours.excluded_at_vertices`), its candidates then also re-ranked by how deep they
-    cut the cell (`_pool_deepest_cuts`); clipped in two as the first pass (`split_for`)."""
+    cut the cell (`_deepest_cuts`); clipped in two as the first pass (`split_for`)."""
     split = split_for(y.shape[1], k, loop)
 
     def search(rows):
         cand = neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2, first=None if prior is None else prior[rows])
-        return jax.lax.cond(at_vertices, lambda c: _pool_deepest_cuts(rows, c, y, psi, density, capacity),
+        return jax.lax.cond(at_vertices, lambda c: _deepest_cuts(rows, c, y, psi, density, capacity),
                             lambda c: c, cand)
 
     vertex_test = _vertex_test(grid, field, y, psi, 2)
@@ -502,6 +486,12 @@ def _redo_uncertified(stage, out, *operands, size: int, hopeless: int, cond):
         return cond((rows[0] < n) & ~beyond, stage, lambda out, *_: out, out, rows, *operands), None
 
     return jax.lax.scan(step, out, rows)[0], beyond
+
+
+def _overflow_to_next_stage(out):
+    """The cells that overflowed their vertex slots, uncertified and no longer overflowed: the next
+    fallback stage, which has more slots, redoes them (and reports its own overflow)."""
+    return out[:4] + (out[4] & ~out[5], jnp.zeros_like(out[5])) + out[6:]
 
 
 QUADRATIC_GAUGE_FROM = 0.05  # fitted quadratic coefficients below this keep the seeds as they are
@@ -573,8 +563,7 @@ def power_diagram(
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
         out = _cells(jnp.arange(n), cand, y, psi, density, first_pass_vertices(d, capacities.vertices),
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split_for(d, k, loops), loop=loops)
-        # A cell that overflowed the first pass's slots is left to the ring stage, with all of them.
-        out = out[:4] + (out[4] & ~out[5], jnp.zeros_like(out[5]))
+        out = _overflow_to_next_stage(out)  # the ring stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
     # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
@@ -598,10 +587,9 @@ def power_diagram(
 
             # Balls, then vertex by vertex for the cells left: one compiled stage run twice.
             (out, short), _ = jax.lax.scan(ring_pass, (out, short), jnp.array([False, True]))
-            # A cell that overflowed the ring stage's slots too is left to the exhaustive stage,
-            # with twice as many (3D 1e5, the first Newton step from zero weights: one cell
-            # overflowed 64 slots at t = 1/4 and 1/8, and each trial was rejected).
-            out = out[:4] + (out[4] & ~out[5], jnp.zeros_like(out[5])) + out[6:]
+            # The exhaustive stage has twice the slots (3D 1e5, the first Newton step from zero
+            # weights: one cell overflowed 64 slots at t = 1/4 and 1/8, and each trial was rejected).
+            out = _overflow_to_next_stage(out)
             slots = 2 * capacities.vertices
         else:
             size, slots = capacities.fallback, capacities.vertices
