@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._jit import jit
 from .geometry.diagram import Capacities, power_diagram
 from .geometry import neighbours
 from .measures._density import AbstractDensity
@@ -63,15 +64,15 @@ def _check_distinct(y: np.ndarray) -> None:
         )
 
 
-_solve_jit = eqx.filter_jit(optimal_weights)
-_newton_jit = eqx.filter_jit(newton)
+_solve_jit = jit(optimal_weights)
+_newton_jit = jit(newton)
 
 # Capacities that had to grow, remembered per problem size so that the next solve of the same
 # size starts with them (and reuses the compiled code) instead of overflowing again.
 _grown_capacities: dict[tuple, Capacities] = {}
 
 
-@eqx.filter_jit
+@jit
 def _final_diagram(y, psi, density, capacities: Capacities):
     grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
     return power_diagram(y, psi, density, capacities, grid)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._jit import jit
 from .api import optimal_transport_plan
 from .geometry import neighbours
 from .geometry.diagram import power_diagram
@@ -28,7 +28,7 @@ def dual_value(plan: TransportPlan) -> Float[Array, ""]:
     return _dual(plan.positions, plan.masses, plan.weights, plan.target, plan.capacities)
 
 
-@eqx.filter_jit
+@jit
 def _dual(y, a, psi, density, capacities):
     psi = jax.lax.stop_gradient(psi)
     grid = None

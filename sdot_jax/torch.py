@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import torch
 
+from ._jit import jit
 from .api import optimal_transport_plan as _plan
 from .distance import distance as _distance
 from .measures.diracs import SumOfDiracs
@@ -73,12 +73,12 @@ def _is_tensor(x) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-@eqx.filter_jit
+@jit
 def _forward(fn, args, kwargs):
     return fn(*args, **kwargs)
 
 
-@eqx.filter_jit
+@jit
 def _backward(fn, args, kwargs, cotangent, mask):
     """VJP with respect to the leaves of ``args`` where ``mask`` (static) is True."""
     leaves, treedef = jax.tree.flatten(args)

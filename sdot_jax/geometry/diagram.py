@@ -452,13 +452,12 @@ def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, prior, *, 
 
 def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
     """Redo the cells ``rows`` with k candidates among all seeds: the nearest (see
-    `neighbours.brute_force`), then those that cut the cell they clip deepest (`_deepest_cuts`)."""
+    `neighbours.brute_force`), then those that cut the cell they clip deepest (`_deepest_cuts`,
+    twice: one copy of it in a loop, as it compiles a clip)."""
 
     def search(rows):
         cand = neighbours.brute_force(y, psi, k, rows=rows)
-        for _ in range(2):
-            cand = _deepest_cuts(rows, cand, y, psi, density, capacity)
-        return cand
+        return jax.lax.fori_loop(0, 2, lambda _, c: _deepest_cuts(rows, c, y, psi, density, capacity), cand)
 
     return _redo(out, rows, search, y, psi, density, capacity)
 
