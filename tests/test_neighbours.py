@@ -86,6 +86,38 @@ def test_cells_from_known_neighbours_match_a_searched_diagram():
     np.testing.assert_allclose(facets, diagram.facet_mass, rtol=1e-12, atol=1e-14)
 
 
+def test_candidates_reused_from_other_weights_give_the_same_certified_cells():
+    """Newton's trial diagrams reuse the candidate lists of the last accepted one
+    (`neighbours.reused`).  From the diagram at zero weights to weights that change the
+    neighbours of many cells: the cells whose list lacks a new neighbour fail their certificate
+    and are redone, and the diagram equals the one ranked afresh and scipy's reference."""
+    rng = np.random.default_rng(5)
+    y = rng.random((N, 2))
+    psi = 2.0 / N * rng.standard_normal(N)  # about the squared spacing
+    caps = Capacities.default(N, 2, y)
+    box = Box().with_dim(2)
+
+    @jax.jit
+    def diagrams(y, psi):
+        grid = neighbours.build_grid(y, *caps.grid)
+        before = power_diagram(y, jnp.zeros(N), box, caps, grid)
+        prior = jnp.where(before.facet_mass > 0, before.candidates, N)
+        reused = power_diagram(y, psi, box, caps, grid, prior=prior, loops=True, previous=before.candidates,
+                               reuse=jnp.array(True))
+        return before, reused, power_diagram(y, psi, box, caps, grid)
+
+    before, reused, ranked = diagrams(jnp.asarray(y), jnp.asarray(psi))
+    assert np.asarray(reused.certified).all() and np.asarray(ranked.certified).all()
+    old = np.asarray(before.candidates)
+    new = np.where(np.asarray(reused.facet_mass) > 0, np.asarray(reused.candidates), N)
+    lacking = [i for i in range(N) if not set(new[i][new[i] < N]) <= set(old[i])]
+    assert len(lacking) > 10  # the old lists lack some new neighbours: the fallback is exercised
+    np.testing.assert_allclose(reused.mass, ranked.mass, rtol=1e-12, atol=1e-17)
+    sample = np.concatenate([lacking[:20], np.arange(0, N, N // 50)])
+    ref = reference_diagram(y, psi, *box_halfspaces([0, 0], [1, 1]), cells=sample)["mass"]
+    np.testing.assert_allclose(np.asarray(reused.mass)[sample], ref[sample], rtol=1e-10)
+
+
 def test_strongly_quadratic_weights_are_certified_in_the_quadratic_gauge():
     """Weights 0.4 |y - c|^2 (cells shrunk towards c: a target more concentrated than the
     Diracs) left every grid cell uncertified before the quadratic gauge; now every cell is

@@ -518,6 +518,25 @@ def quadratic_gauge(y: Float[Array, "n d"], psi: Float[Array, " n"]) -> Float[Ar
     return jnp.where(alpha > QUADRATIC_GAUGE_FROM, 1 - jnp.minimum(alpha, 0.9), 1.0).astype(y.dtype)
 
 
+def _first_candidates(y, psi, grid, k: int, prior, previous, reuse, cond) -> neighbours.Candidates:
+    """The first pass's candidates: ranked in the pools (`neighbours.from_grid`), or, with
+    ``reuse``, the list ``previous`` of a diagram at nearby weights with its facets (``prior``,
+    aligned with it) first (`neighbours.reused`)."""
+    if previous is None:
+        return neighbours.from_grid(y, psi, grid, k, first=prior)
+    n = y.shape[0]
+
+    def rank(y, psi, grid, prior, previous):
+        return neighbours.from_grid(y, psi, grid, k, first=prior)
+
+    def keep(y, psi, grid, prior, previous):
+        return neighbours.reused(y, psi, grid, previous, prior < n)
+
+    # The ranking is the branch `cond` may skip (under vmap, `_batching.cond_any` runs it only for
+    # the problems that need it).
+    return cond(~jnp.asarray(reuse), rank, keep, y, psi, grid, prior, previous)
+
+
 def power_diagram(
     y: Float[Array, "n d"],
     psi: Float[Array, " n"],
@@ -527,6 +546,8 @@ def power_diagram(
     cond=jax.lax.cond,
     prior: Int[Array, "n m"] | None = None,
     loops: bool = False,
+    previous: Int[Array, "n k"] | None = None,
+    reuse: Bool[Array, ""] | bool = False,
 ) -> Diagram:
     """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
     required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
@@ -538,7 +559,11 @@ def power_diagram(
     ranked first, none with the optimum's own neighbours first).  Only an order: the cells and
     their certificates do not depend on it.  ``loops``: clip with loops whose trip count
     depends on the data (`clip_cell_in_two`): faster, not reverse-differentiable (Newton's
-    trial diagrams)."""
+    trial diagrams).  ``previous``, with ``reuse`` (a traced flag): the grid search's first pass
+    takes the candidate list of a diagram at nearby weights (``prior`` its facets, aligned with
+    it) instead of ranking the pools again (`neighbours.reused`; 2D 1e5 uniform seeds: 86 ms
+    against 752 ms, a Newton solve 24.0 -> 18.1 s); a neighbour it lacks fails the cell's
+    certificate, and the ring stage ranks that cell's pool."""
     n, d = y.shape
     k = capacities.candidates
     # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from
@@ -557,7 +582,7 @@ def power_diagram(
         cand = neighbours.brute_force(y, psi, k)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)
     else:
-        cand = neighbours.from_grid(y, psi, grid, k, first=prior)
+        cand = _first_candidates(y, psi, grid, k, prior, previous, reuse, cond)
         field = neighbours.far_field(grid, psi, y)
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
         out = _cells(jnp.arange(n), cand, y, psi, density, first_pass_vertices(d, capacities.vertices),

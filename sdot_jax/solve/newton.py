@@ -180,7 +180,7 @@ def newton(
         # until every problem has, and discards those lanes): they skip the diagram and the solve.
         active = ~s.done
         psi_t = s.psi + s.t * s.direction
-        diagram = for_active(active, _evaluate, _unchanged, s.diagram, y, psi_t, density, capacities, grid)
+        diagram = for_active(active, _evaluate, _unchanged, s.diagram, y, psi_t, ~initial, density, capacities, grid)
         m_t = diagram.mass / total
         eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
@@ -276,12 +276,16 @@ def newton(
     return final.psi, stats, final.diagram
 
 
-def _evaluate(last, y, psi, density, capacities, grid):
+def _evaluate(last, y, psi, reuse, density, capacities, grid):
     """The trial diagram, its neighbour search led by the neighbours in the last accepted one
-    (``last``, also `_unchanged`'s operand; before the first, none)."""
+    (``last``, also `_unchanged`'s operand; before the first, none), whose candidate list it
+    reuses from the second diagram on (``reuse``; see `power_diagram`'s ``previous``).  Along a
+    Newton solve of 1e5 uniform seeds in 2D, the first pass then leaves 313-1404 cells to the
+    fallback stages where ranking the pools leaves 116-1162 (664 against 664 near the optimum)."""
     n = y.shape[0]
     prior = jnp.where(last.facet_mass > 0, last.candidates, n)
-    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior, loops=True)
+    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior, loops=True,
+                         previous=last.candidates, reuse=reuse)
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
