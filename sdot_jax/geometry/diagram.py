@@ -381,7 +381,8 @@ def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vert
           loop: bool = False):
     """Recompute the uncertified cells ``rows`` (padded with n) with the candidates
     ``search(rows)`` gives (more than k of them; clipped as `_cells` does with ``split`` and
-    ``loop``); facets are compacted back into k slots (else: uncertified)."""
+    ``loop``); facets are compacted back into k slots (else: uncertified), the other candidates
+    after them in their order (Newton's next trial reuses the list: `neighbours.reused`)."""
     mass, first, second, facets, certified, overflow, index = out
     n = y.shape[0]
     k = index.shape[1]
@@ -396,10 +397,10 @@ def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vert
         for old, new in zip((mass, first, second, overflow), (res[0], res[1], res[2], res[5]))
     )
     live = (res[3] != 0) & (found.index < n)
-    keep = jnp.argsort(~live, axis=1, stable=True)[:, :k]  # facets first, in candidate order
+    keep = jnp.argsort(~live, axis=1, stable=True)[:, :k]  # facets first, each group in candidate order
     kept = jnp.take_along_axis(live, keep, 1)
     new_facets = jnp.where(kept, jnp.take_along_axis(res[3], keep, 1), 0.0)
-    new_index = jnp.where(kept, jnp.take_along_axis(found.index, keep, 1), n)
+    new_index = jnp.take_along_axis(found.index, keep, 1)
     fits = jnp.sum(live, axis=1) <= k
     facets = facets.at[target].set(new_facets, mode="drop")
     index = index.at[target].set(new_index, mode="drop")
