@@ -86,6 +86,33 @@ def test_cells_from_known_neighbours_match_a_searched_diagram():
     np.testing.assert_allclose(facets, diagram.facet_mass, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_grid_cell_gauges_are_the_least_squares_fit_over_their_blocks(d):
+    """`neighbours.pool_gauges` sums per grid cell and moves the sums to each neighbour's centre;
+    the reference fits psi ~ c + 2 <s, y> over the seeds of each 3^d block with numpy's lstsq
+    (gauge -s).  Exactly affine weights give their own slope."""
+    rng = np.random.default_rng(6)
+    n = 3000
+    y = rng.random((n, d))
+    slope = rng.standard_normal(d)
+    grid = neighbours.build_grid(jnp.asarray(y), *neighbours.grid_capacity(y, 24.0))
+    coords = np.asarray(grid.coords)
+    affine = 0.7 + 2 * y @ slope
+    wiggly = affine + np.sin(7 * y[:, 0]) + 0.1 * rng.standard_normal(n)
+    flat = np.asarray(neighbours._flat(grid.coords, grid.cells))
+    # rtol 1e-5: the fit's ridge is 1e-6 of the block's spread.
+    for psi in (affine, wiggly):
+        gauges = np.asarray(neighbours.pool_gauges(grid, jnp.asarray(y), jnp.asarray(psi)))
+        for i in rng.choice(n, 20, replace=False):
+            block = np.all(np.abs(coords - coords[i]) <= 1, 1)
+            basis = np.concatenate([np.ones((block.sum(), 1)), 2 * y[block]], 1)
+            fit = np.linalg.lstsq(basis, psi[block], rcond=None)[0][1:]
+            np.testing.assert_allclose(gauges[flat[i]], -fit, rtol=1e-5, atol=1e-8)
+        if psi is affine:
+            used = np.unique(flat)
+            np.testing.assert_allclose(gauges[used], np.broadcast_to(-slope, (len(used), d)), rtol=1e-5)
+
+
 def test_candidates_reused_from_other_weights_give_the_same_certified_cells():
     """Newton's trial diagrams reuse the candidate lists of the last accepted one
     (`neighbours.reused`).  From the diagram at zero weights to weights that change the
