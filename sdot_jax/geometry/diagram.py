@@ -523,8 +523,6 @@ def _first_candidates(y, psi, grid, k: int, prior, previous, reuse, cond) -> nei
     """The first pass's candidates: ranked in the pools (`neighbours.from_grid`), or, with
     ``reuse``, the list ``previous`` of a diagram at nearby weights with its facets (``prior``,
     aligned with it) first (`neighbours.reused`)."""
-    if previous is None:
-        return neighbours.from_grid(y, psi, grid, k, first=prior)
     n = y.shape[0]
 
     def rank(y, psi, grid, prior, previous):
@@ -532,6 +530,9 @@ def _first_candidates(y, psi, grid, k: int, prior, previous, reuse, cond) -> nei
 
     def keep(y, psi, grid, prior, previous):
         return neighbours.reused(y, psi, grid, previous, prior < n)
+
+    if previous is None:
+        return rank(y, psi, grid, prior, previous)
 
     # The ranking is the branch `cond` may skip (under vmap, `_batching.cond_any` runs it only for
     # the problems that need it).
