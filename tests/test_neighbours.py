@@ -247,8 +247,9 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     """`clip_cell_in_two` clips by the first candidates, then only by those of the others that
     cut that cell: the same cells as clipping by all of them (masses, moments, facet integrals),
     or, when more of the others cut than it has room for, a cell marked incomplete that the
-    first pass does not certify; also with the second round as a loop (Newton's).  The target (a
-    convex hull) has half-spaces of its own, whose plane ids come after the candidates'."""
+    first pass does not certify; also with both rounds as loops (Newton's), the first one's count
+    differing from cell to cell.  The target (a convex hull) has half-spaces of its own, whose
+    plane ids come after the candidates'."""
     from sdot_jax import ConvexHull
     from sdot_jax.geometry import diagram
     from sdot_jax.geometry.kernels import kernel_for
@@ -267,17 +268,19 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     def cells(i, index):
         args = (y[i], psi[i], index, y_pad, psi_pad, hull, caps.vertices)
         out = [kernel.integrate(diagram.clip_cell(*args), hull, y[i], k)]
-        for split in splits:
+        for split in splits + ((i % k, 8, True),):  # (a count per cell, some cut short)
             poly, complete = diagram.clip_cell_in_two(*args, *split)
             out.append((kernel.integrate(poly, hull, y[i], k), complete))
         return out
 
-    full, (default, complete), (starved, starved_complete), (looped, looped_complete) = jax.jit(jax.vmap(cells))(
-        jnp.arange(n), cand.index)
+    full, (default, complete), (starved, starved_complete), (looped, looped_complete), (counted, counted_complete) = (
+        jax.jit(jax.vmap(cells))(jnp.arange(n), cand.index))
     complete, starved_complete = np.asarray(complete), np.asarray(starved_complete)
-    looped_complete = np.asarray(looped_complete)
+    looped_complete, counted_complete = np.asarray(looped_complete), np.asarray(counted_complete)
     assert complete.mean() > 0.99 and looped_complete.mean() > 0.99 and 0 < starved_complete.mean() < 0.5
-    for split, ok in ((default, complete), (starved, starved_complete), (looped, looped_complete)):
+    assert 0.2 < counted_complete.mean() < 0.99
+    for split, ok in ((default, complete), (starved, starved_complete), (looped, looped_complete),
+                      (counted, counted_complete)):
         for a, b in zip(full, split):
             np.testing.assert_allclose(np.asarray(b)[ok], np.asarray(a)[ok], rtol=1e-10, atol=1e-14)
         assert np.all(np.asarray(split[0])[~ok] >= np.asarray(full[0])[~ok] - 1e-14)  # only too large

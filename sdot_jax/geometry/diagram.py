@@ -114,40 +114,49 @@ def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
     return _clip_by(poly, normals, offsets, jnp.arange(index.shape[0]))
 
 
-def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, first: int, more: int,
+def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, first, more: int,
                      loop: bool = False):
     """`clip_cell` by the first ``first`` candidates, then only by those of the others that cut
     that cell, in their order, up to ``more``: clipping only removes, so a plane that misses this
     cell misses the final one, and the cell is the same.  Returns the cell and whether it is
     complete (no more than ``more`` of the others cut it).  Most candidates beyond the first
-    dozen miss the cell, and a clip costs the same whether it cuts or not.  With ``loop``, the
+    dozen miss the cell, and a clip costs the same whether it cuts or not.  With ``loop``, both
+    rounds are loops: ``first`` may be traced (a count per cell: `_cells` ``known``), and the
     second round stops after the planes that cut (under vmap: after those of the cell that has
     most), so that it is nearly free when the true neighbours come first (Newton's
-    `power_diagram` ``prior``); a ``while_loop``, which has no reverse-mode derivative."""
+    `power_diagram` ``prior``); ``while_loop``\ s, which have no reverse-mode derivative."""
     kernel = kernel_for(y_i.shape[0])
     k = index.shape[0]
     normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
     poly = _domain(y_i, density, capacity, k)
-    poly = _clip_by(poly, normals[:first], offsets[:first], jnp.arange(first))
-    s = poly.vertices @ normals[first:].T - offsets[first:]
-    cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0)
-    rank = jnp.cumsum(cuts) - 1
-    pick = jnp.full((more,), k - first, jnp.int32).at[jnp.where(cuts, rank, more)].set(
-        jnp.arange(k - first, dtype=jnp.int32), mode="drop")
-    # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
-    normals = jnp.concatenate([normals[first:], jnp.zeros_like(normals[:1])])[pick]
-    offsets = jnp.concatenate([offsets[first:], jnp.ones_like(offsets[:1])])[pick]
+    ids = jnp.arange(k, dtype=jnp.int32)
     if loop:
-        count = jnp.minimum(jnp.sum(cuts), more)
-
-        def clip_next(state):
-            t, poly = state
-            return t + 1, kernel.clip(poly, normals[t], offsets[t], first + pick[t])
-
-        _, poly = jax.lax.while_loop(lambda state: state[0] < count, clip_next, (jnp.int32(0), poly))
+        poly = _clip_while(poly, normals, offsets, ids, first)
     else:
-        poly = _clip_by(poly, normals, offsets, first + pick)
+        poly = _clip_by(poly, normals[:first], offsets[:first], ids[:first])
+    s = poly.vertices @ normals.T - offsets
+    cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0) & (ids >= first)
+    rank = jnp.cumsum(cuts) - 1
+    pick = jnp.full((more,), k, jnp.int32).at[jnp.where(cuts, rank, more)].set(ids, mode="drop")
+    # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
+    normals = jnp.concatenate([normals, jnp.zeros_like(normals[:1])])[pick]
+    offsets = jnp.concatenate([offsets, jnp.ones_like(offsets[:1])])[pick]
+    if loop:
+        poly = _clip_while(poly, normals, offsets, pick, jnp.minimum(jnp.sum(cuts), more))
+    else:
+        poly = _clip_by(poly, normals, offsets, pick)
     return poly, jnp.sum(cuts) <= more
+
+
+def _clip_while(poly, normals, offsets, ids, count):
+    """`_clip_by` the first ``count`` planes (traced), in a ``while_loop``."""
+    clip = kernel_for(normals.shape[1]).clip
+
+    def clip_next(state):
+        t, poly = state
+        return t + 1, clip(poly, normals[t], offsets[t], ids[t])
+
+    return jax.lax.while_loop(lambda state: state[0] < count, clip_next, (jnp.int32(0), poly))[1]
 
 
 def _bisectors(y_i, psi_i, index, y_pad, psi_pad):
@@ -310,10 +319,12 @@ CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None,
-           split: tuple[int, int] | None = None, loop: bool = False):
+           split: tuple[int, int] | None = None, loop: bool = False, known: Int[Array, " r"] | None = None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
-    `clip_cell_in_two`, its second round a loop with ``loop``; a cell left incomplete is not
-    certified).
+    `clip_cell_in_two`, both rounds loops with ``loop``; a cell left incomplete is not
+    certified).  ``known`` (with ``loop``): how many of each row's first candidates bound its
+    cell in a nearby diagram (Newton's last one), the first round's count where > 0: the cells
+    are clipped in batches of similar counts, as a loop runs for the largest count of its batch.
     Seeds outside the pool are excluded by ``reach`` or by
     ``far_test(i, shift, centre, radius, power)``, from a ball around the cell
     (`neighbours.excluded`), or by ``vertex_test(i, vertices, live)``, from its vertices
@@ -326,17 +337,29 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
     top = jnp.max(psi)
     scale = jnp.max(jnp.abs(y))
+    if known is None:
+        order = jnp.arange(rows.shape[0])
+        first_round = jnp.zeros_like(order)
+    else:
+        first_round = jnp.where(known > 0, known, split[0]).astype(jnp.int32)
+        order = jnp.argsort(first_round)
+        first_round = first_round[order]
 
     def clipped(args):
-        i, idx = args
+        at, count = args
+        i, idx = rows[at], cand.index[at]
         if split is None:
             poly, complete = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), True
         else:
-            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *split, loop)
+            # (After the known neighbours, any of the others may cut: weights move between diagrams.)
+            first, more = split if known is None else (count, k)
+            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, first, more, loop)
         return poly, complete, kernel.integrate(poly, density, y[i], k)
 
     def certified(args):
-        poly, complete, i, pool, slot, reach, shift = args
+        poly, complete, at = args
+        i, slot, reach, shift = rows[at], cand.slot[at], cand.reach[at], cand.shift[at]
+        pool = None if cand.pool is None else cand.pool[at]
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
         # reach was measured in float32: keep a margin for its rounding.
@@ -355,21 +378,19 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         return kernel.is_empty(poly) | (far & ~cut & complete)
 
-    if cand.pool is None:
-        test = lambda args: certified(args[:3] + (None,) + args[4:])  # noqa: E731
-        pool = jnp.zeros((rows.shape[0], 0), jnp.int32)
-    else:
-        test, pool = certified, cand.pool
     # Clipping runs in large batches, the pool test in batches sized by its pairs (at the
     # optimum, neighbours first, loops: first pass of 3D 1e4 1918 -> 1585 ms, batches of 37
     # cells -> 1024 and 37; 2D 1e5 1116 -> 929 ms, 481 -> 4096 and 481).
     tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
     batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1)))
     poly, complete, (mass, first, second, facets) = jax.lax.map(
-        clipped, (rows, cand.index), batch_size=min(max(batch, CLIP_BATCH[min(d, 3)]), rows.shape[0]))
-    ok = jax.lax.map(test, (poly, complete, rows, pool, cand.slot, cand.reach, cand.shift),
-                     batch_size=min(batch, rows.shape[0]))
-    return mass, first, second, facets, ok, poly.overflow
+        clipped, (order, first_round), batch_size=min(max(batch, CLIP_BATCH[min(d, 3)]), rows.shape[0]))
+    ok = jax.lax.map(certified, (poly, complete, order), batch_size=min(batch, rows.shape[0]))
+    out = mass, first, second, facets, ok, poly.overflow
+    if known is None:
+        return out
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    return tuple(x[inverse] for x in out)
 
 
 def _shrink(distance, scale):
@@ -587,8 +608,11 @@ def power_diagram(
         cand = _first_candidates(y, psi, grid, k, prior, previous, reuse, cond)
         field = neighbours.far_field(grid, psi, y)
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
+        split = split_for(d, k, loops)
+        # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
+        known = jnp.sum(prior < n, 1) if loops and split is not None and prior is not None else None
         out = _cells(jnp.arange(n), cand, y, psi, density, first_pass_vertices(d, capacities.vertices),
-                     vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split_for(d, k, loops), loop=loops)
+                     vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known)
         out = _overflow_to_next_stage(out)  # the ring stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
