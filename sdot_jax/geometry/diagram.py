@@ -124,7 +124,7 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
     rounds are loops: ``first`` may be traced (a count per cell: `_cells` ``known``), and the
     second round stops after the planes that cut (under vmap: after those of the cell that has
     most), so that it is nearly free when the true neighbours come first (Newton's
-    `power_diagram` ``prior``); ``while_loop``\ s, which have no reverse-mode derivative."""
+    `power_diagram` ``prior``); ``while_loop`` loops, which have no reverse-mode derivative."""
     kernel = kernel_for(y_i.shape[0])
     k = index.shape[0]
     normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
