@@ -269,9 +269,8 @@ def test_pool_test_on_the_seeds_that_may_cut_agrees_with_testing_every_seed(d):
         excess, tol = diagram._excess(verts, live, r, y[i], psi[i], y, psi)
         other = (jnp.arange(n) != i) & ~jnp.any(jnp.arange(n)[:, None] == idx[None], 1)
         may = diagram._may_cut(verts, live, r, y[i], psi[i], y, psi) & other
-        cut = lambda survivors: diagram._cut_by_pool(verts, live, r, i, y[i], psi[i], None, idx, y_pad, psi_pad,  # noqa: E731
-                                                     survivors)
-        return other & (excess > tol), may, cut(None), cut(8), cut(n - 1)
+        cell = (verts, live, r, i, y[i], psi[i], None, idx, y_pad, psi_pad)
+        return other & (excess > tol), may, *(diagram._cut_by_pool(*cell, m) for m in (None, 8, n - 1))
 
     cuts, may, every, few, many = (np.asarray(a) for a in jax.jit(jax.vmap(verdicts))(jnp.arange(n), index))
     assert not np.any(cuts & ~may)  # sound

@@ -322,7 +322,9 @@ def split_for(d: int, k: int, loop: bool = False) -> tuple[int, int] | None:
     than 12 of the candidates after the first 24 cut 0.15% (zero weights) and 0.2% (optimum) of
     the cells; clipping 2.4 -> 1.9 s, first pass 3.2 -> 2.8 s.  None in 2D, which clips 32 small
     polygons (28 instead would save ~10 ms of 530).  With ``loop`` (a second round that stops
-    after the planes that cut): FIRST_WITH_LOOP[d] candidates, then at most half of the others."""
+    after the planes that cut): FIRST_WITH_LOOP[d] candidates, then at most half of the others
+    (Newton's first pass, with its cells' known neighbours: those, then any of the others, see
+    `_cells`)."""
     if loop and d in FIRST_WITH_LOOP and k > FIRST_WITH_LOOP[d]:
         return FIRST_WITH_LOOP[d], (k - FIRST_WITH_LOOP[d]) // 2
     return (k // 2, k // 4) if d == 3 and k >= 8 else None
@@ -393,8 +395,8 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
             poly, complete = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), True
         else:
             # (After the known neighbours, any of the others may cut: weights move between diagrams.)
-            first, more = split if known is None else (count, k)
-            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, first, more, loop)
+            rounds = split if known is None else (count, k)
+            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *rounds, loop)
         return poly, complete, kernel.integrate(poly, density, y[i], k)
 
     def certified(args):
@@ -620,8 +622,10 @@ def power_diagram(
     (padded with n; Newton passes those of its last accepted diagram), clipped first by the grid
     search: the ranking by distance misses some neighbours that a nearby diagram has (1e4
     uniform seeds in 3D, at the optimum: 1129 cells cut by a seed of their pool beyond the 48
-    ranked first, none with the optimum's own neighbours first).  Only an order: the cells and
-    their certificates do not depend on it.  ``loops``: clip with loops whose trip count
+    ranked first, none with the optimum's own neighbours first).  The cells do not depend on
+    it; with ``loops``, the first pass clips each cell by its prior neighbours, then by any
+    other candidate that cuts it (`_cells` ``known``), so fewer cells are left uncertified.
+    ``loops``: clip with loops whose trip count
     depends on the data (`clip_cell_in_two`): faster, not reverse-differentiable (Newton's
     trial diagrams).  ``previous``, with ``reuse`` (a traced flag): the grid search's first pass
     takes the candidate list of a diagram at nearby weights (``prior`` its facets, aligned with
@@ -651,7 +655,7 @@ def power_diagram(
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
         split = split_for(d, k, loops)
         # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
-        known = jnp.sum(prior < n, 1) if loops and split is not None and prior is not None else None
+        known = jnp.minimum(jnp.sum(prior < n, 1), k) if loops and split is not None and prior is not None else None
         out = _cells(jnp.arange(n), cand, y, psi, density, first_pass_vertices(d, capacities.vertices),
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
                      survivors=SURVIVORS.get(d))
