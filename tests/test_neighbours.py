@@ -389,9 +389,10 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
     rows = jnp.asarray(rng.choice(N, 200, replace=False))
     index = jnp.asarray(np.concatenate([rng.integers(0, N, (200, 40)), np.full((200, 3), N)], 1))
     for ring in (1, 2):
-        pool = np.asarray(neighbours.ring_pool(grid, jnp.asarray(y), rows, ring)[0])
+        pool, slots = (np.asarray(a) for a in jax.jit(lambda grid, rows, index: (
+            neighbours.ring_pool(grid, jnp.asarray(y), rows, ring)[0],
+            neighbours.pool_slots(grid, rows, index, ring)))(grid, rows, index))
         width = pool.shape[1]
-        slots = np.asarray(neighbours.pool_slots(grid, rows, index, ring))
         for p, ids, s in zip(pool, np.asarray(index), slots):
             found = np.array([np.flatnonzero(p == i)[0] if i < N and np.any(p == i) else width for i in ids])
             np.testing.assert_array_equal(s, found)
@@ -400,7 +401,8 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
     psi = jnp.asarray(1e-5 * np.random.default_rng(5).standard_normal(N))
     plain = _diagram(y, psi, caps)
     prior = jnp.where(plain.facet_mass > 0, plain.candidates, N)[:, ::-1]  # neighbours, in reverse order
-    cand = neighbours.from_grid(jnp.asarray(y), psi, grid, caps.candidates, first=prior)
+    cand = jax.jit(lambda psi, prior: neighbours.from_grid(jnp.asarray(y), psi, grid, caps.candidates, first=prior))(
+        psi, prior)
     count = np.asarray(jnp.sum(prior < N, 1))
     for row in range(0, N, 50):
         assert set(np.asarray(cand.index[row, : count[row]])) == set(np.asarray(prior[row][prior[row] < N]))
