@@ -354,11 +354,15 @@ def test_pool_bounds_are_sound_and_certify_most_cells(d):
              "affine and wiggles": (0.3 * np.asarray(y) @ rng.standard_normal(d) + 20 * h2 * wiggles
                                     + 0.3 * h2 * rng.standard_normal(n), Box(-1.5 * np.ones(d), 2.5 * np.ones(d)))}
     grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0 if d == 2 else 27.0))
+
+    @jax.jit
+    def search(grid, psi):
+        cand = neighbours.from_grid(y, psi, grid, 32)
+        return cand, neighbours.pool_bounds(grid, neighbours.far_field(grid, psi, y), cand.shift)
+
     for name, (psi, box) in cases.items():
         psi = jnp.asarray(psi)
-        cand = neighbours.from_grid(y, psi, grid, 32)
-        field = neighbours.far_field(grid, psi, y)
-        bounds = neighbours.pool_bounds(grid, field, cand.shift)
+        cand, bounds = search(grid, psi)
         y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
 
         def check(i):
