@@ -221,9 +221,10 @@ def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells
     y = jnp.asarray(np.random.default_rng(5).random((n, 2)))
     kernel = kernel_for(2)
     box = Box(-3 * np.ones(2), 4 * np.ones(2)).with_dim(2)
-    for alpha in (-3.0, 0.3):
-        psi = alpha * jnp.sum((y - 0.5) ** 2, -1) + 1e-5 * jnp.asarray(np.random.default_rng(6).standard_normal(n))
-        grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0))
+    grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0))
+
+    @jax.jit
+    def claims(psi):
         field = neighbours.far_field(grid, psi, y)
         cand = neighbours.brute_force(y, psi, 32)
         y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, 2))]), jnp.concatenate([psi, jnp.zeros(1)])
@@ -237,7 +238,11 @@ def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells
             other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
             return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf))
 
-        claim, worst = (np.asarray(a) for a in jax.jit(jax.vmap(check))(jnp.arange(n)))
+        return jax.vmap(check)(jnp.arange(n))
+
+    for alpha in (-3.0, 0.3):
+        psi = alpha * jnp.sum((y - 0.5) ** 2, -1) + 1e-5 * jnp.asarray(np.random.default_rng(6).standard_normal(n))
+        claim, worst = (np.asarray(a) for a in claims(psi))
         assert not np.any(claim & (worst < -1e-12))  # sound
         assert claim.mean() >= 0.98 * (worst > 0).mean()  # measured on another draw: 99.6% of 100%, 99.3% of 99.4%
 
