@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import neighbours
+from .polyhedron import first_true
 from .kernels import kernel_for
 
 
@@ -136,8 +137,7 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
         poly = _clip_by(poly, normals[:first], offsets[:first], ids[:first])
     s = poly.vertices @ normals.T - offsets
     cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0) & (ids >= first)
-    rank = jnp.cumsum(cuts) - 1
-    pick = jnp.full((more,), k, jnp.int32).at[jnp.where(cuts, rank, more)].set(ids, mode="drop")
+    pick = first_true(cuts, more)
     # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
     normals = jnp.concatenate([normals, jnp.zeros_like(normals[:1])])[pick]
     offsets = jnp.concatenate([offsets, jnp.ones_like(offsets[:1])])[pick]
@@ -248,9 +248,7 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad,
         excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)
         return jnp.any(other & (excess > tol))
     maybe = other & _may_cut(verts, live, radius, y_i, psi_i, ys, psis)
-    rank = jnp.cumsum(maybe, dtype=jnp.int32) - 1
-    picked = jnp.full((survivors,), ids.shape[0], jnp.int32).at[jnp.where(maybe, rank, survivors)].set(
-        jnp.arange(ids.shape[0], dtype=jnp.int32), mode="drop")
+    picked = first_true(maybe, survivors)
     ys = jnp.concatenate([ys, jnp.zeros_like(ys[:1])])[picked]
     psis = jnp.concatenate([psis, jnp.zeros_like(psis[:1])])[picked]
     excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)

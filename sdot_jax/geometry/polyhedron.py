@@ -79,7 +79,7 @@ def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array
     return jnp.argmax(table == value[..., None], axis=-1).astype(jnp.int32)
 
 
-def _first(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
+def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``."""
     n = flags.shape[0]
     rank = jnp.cumsum(flags, dtype=jnp.int32) - 1
@@ -110,11 +110,11 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     # Crossing edges e = (w outside, leaving its k-th plane, to the kept vertex u = nbrs[w, k]),
     # compacted to the first m; each gets the next free slot (empty or just removed).
     cross = (out[:, None] & keep[nbrs]).reshape(-1)
-    e = _first(cross, m)
+    e = first_true(cross, m)
     live_e = e < 3 * capacity
     e = jnp.where(live_e, e, 0)
     w, k = e // 3, e % 3
-    slot = _first(~keep, m)
+    slot = first_true(~keep, m)
     n_cross = jnp.sum(cross)
     overflow = overflow | (n_cross > m) | jnp.any(live_e & (slot >= capacity))
     slot = jnp.where(live_e, slot, capacity)
