@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from sdot_jax import Box, SplineGrid, SumOfDiracs, SumOfGaussians, optimal_transport_plan
 from sdot_jax.distance import dual_value
@@ -72,7 +72,18 @@ def _problem(seed, n, d, parallelotope):
     return params, probes, direction
 
 
-def _check(seed, n, d, parallelotope, h=2e-5):
+def _five_point(at, h):
+    """Five-point central difference of every output of `at` at 0: truncation O(h^4)."""
+    f2, f1, b1, b2 = at(2 * h), at(h), at(-h), at(-2 * h)
+    return {key: (8 * (float(f1[key]) - float(b1[key])) - (float(f2[key]) - float(b2[key]))) / (12 * h) for key in f1}
+
+
+def _check(seed, n, d, parallelotope, steps=(2e-5, 5e-6)):
+    """The outputs are smooth only between changes of the diagram's combinatorics (a plane
+    crossing a vertex). A stencil that reaches one is not a reference, so each derivative must
+    match the finite difference at one of two steps: a wrong gradient stays wrong at every step,
+    while a change of combinatorics at distance r spoils only steps above r / 2 (seed 2399789 has
+    one between 1e-5 and 4e-5)."""
     params, probes, direction = _problem(seed, n, d, parallelotope)
     jac, (a, b, m) = _jacobian(params, probes)
     np.testing.assert_allclose(np.asarray(m), np.asarray(a), rtol=1e-11)
@@ -83,14 +94,15 @@ def _check(seed, n, d, parallelotope, h=2e-5):
             dv if which is None or k == which else jnp.zeros_like(dv) for k, dv in enumerate(direction)
         )
         at = lambda t: _forward(jax.tree.map(lambda p, dv: p + t * dv, params, v), probes)
-        f2, f1, b1, b2 = at(2 * h), at(h), at(-h), at(-2 * h)
+        differences = [_five_point(at, h) for h in steps]
         for key, rows in jac.items():
             auto = sum(float(jnp.vdot(g, dv)) for g, dv in zip(rows, v))
-            # Five-point central stencil: truncation O(h^4).
-            fd = (8 * (float(f1[key]) - float(b1[key])) - (float(f2[key]) - float(b2[key]))) / (12 * h)
-            scale = max(abs(fd), sum(float(jnp.linalg.norm(g)) for g in rows) * 1e-3, 1e-8)
+            fds = [fd[key] for fd in differences]
+            floor = max(sum(float(jnp.linalg.norm(g)) for g in rows) * 1e-3, 1e-8)
             label = f"d {key} / d {'all' if which is None else names[which]}"
-            assert abs(auto - fd) <= 1e-6 * scale, f"{label}: autodiff {auto!r}, finite differences {fd!r}"
+            assert any(abs(auto - fd) <= 1e-6 * max(abs(fd), floor) for fd in fds), (
+                f"{label}: autodiff {auto!r}, finite differences {fds!r} at steps {steps}"
+            )
     # Envelope theorem: grad_y W2^2 = 2 a_i (y_i - b_i), i.e. d W2 = that / (2 W2).
     w2 = float(_forward(params, probes)["distance"])
     envelope = 2 * a[:, None] * (params[0] - b) / (2 * w2)
@@ -99,6 +111,7 @@ def _check(seed, n, d, parallelotope, h=2e-5):
 
 @settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
+@example(seed=2399789)  # a change of combinatorics 1e-5 to 4e-5 away along the positions' direction
 def test_gradients_2d_parallelotope(seed):
     _check(seed, n=12, d=2, parallelotope=True)
 
