@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity, det, simplex_measure, uniform_simplex_moments
+from ._density import AbstractDensity, box_around, det, simplex_measure, uniform_simplex_moments
 
 
 class Box(AbstractDensity):
@@ -82,8 +82,7 @@ class Box(AbstractDensity):
         return self.origin + bits @ self.frame
 
     def bounding_box(self):
-        corners = self.corners()
-        return corners.min(0), corners.max(0)
+        return box_around(self.corners())
 
     def half_spaces(self):
         if self.axis_aligned:
