@@ -285,6 +285,43 @@ def test_pool_test_on_the_seeds_that_may_cut_agrees_with_testing_every_seed(d):
     assert 0 < more.sum() < n and np.all(few[more]) and np.array_equal(few[~more], every[~more])
 
 
+def test_newton_trials_in_3d_under_vmap_give_the_cells_searched_afresh():
+    """Newton's trial diagrams (clipped first by each cell's known neighbours, a count per cell,
+    in batches sorted by that count and put back in place; candidates reused; fallback stages
+    under `cond_any`) in 3D and under ``jax.vmap`` over two sets of weights: every cell
+    certified, with the masses and moments of the diagram searched afresh without loops."""
+    from sdot_jax._batching import cond_any
+
+    n, d = 1500, 3
+    rng = np.random.default_rng(8)
+    y = jnp.asarray(rng.random((n, d)))
+    psis = jnp.asarray(np.stack([0.3 / n ** (2 / 3) * rng.standard_normal(n),  # ~ the squared spacing
+                                 0.05 * np.sum((np.asarray(y) - 0.5) ** 2, 1)]))
+    default = Capacities.default(n, d)  # (the grid search, as above 4096 seeds)
+    caps = Capacities(default.vertices, default.candidates, n // 3, neighbours.grid_capacity(np.asarray(y), 40.0))
+    box = Box().with_dim(d)
+
+    @jax.jit
+    def diagrams(y, psis):
+        grid = neighbours.build_grid(y, *caps.grid)
+        # One compiled search for the diagram at zero weights (the last accepted one) and the references.
+        fresh = jax.lax.map(lambda psi: power_diagram(y, psi, box, caps, grid),
+                            jnp.concatenate([jnp.zeros((1, n)), psis]))
+        prior = jnp.where(fresh.facet_mass[0] > 0, fresh.candidates[0], n)
+        trial = jax.vmap(lambda psi: power_diagram(y, psi, box, caps, grid, cond=cond_any, prior=prior, loops=True,
+                                                   previous=fresh.candidates[0], reuse=jnp.array(True)))(psis)
+        return prior, trial, jax.tree.map(lambda x: x[1:], fresh)
+
+    prior, trial, fresh = diagrams(y, psis)
+    counts = np.asarray(jnp.sum(prior < n, 1))
+    assert counts.min() < counts.max()  # the clipping loops' lengths differ from cell to cell
+    assert np.asarray(trial.certified).all() and np.asarray(fresh.certified).all()
+    np.testing.assert_allclose(float(jnp.sum(fresh.mass[0])), 1.0, rtol=1e-12)
+    for got, want in ((trial.mass, fresh.mass), (trial.first_moment, fresh.first_moment),
+                      (trial.second_moment, fresh.second_moment)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-11, atol=1e-17)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     """`clip_cell_in_two` clips by the first candidates, then only by those of the others that
