@@ -252,8 +252,10 @@ def test_pool_test_on_the_seeds_that_may_cut_agrees_with_testing_every_seed(d):
     """`_cut_by_pool` with ``survivors`` tests vertex by vertex only the seeds that `_may_cut`
     the cell (its bounding box's support function): that bound keeps every seed that cuts the
     cell, and the verdict is the one from testing every seed, or "cut" when more seeds than
-    ``survivors`` may cut it.  Cells clipped by their first 3d candidates only, so that seeds
-    beyond them cut most (70% in 2D, 88% in 3D)."""
+    ``survivors`` may cut it.  The reference: power distances at the cell's vertices in numpy
+    (seed j cuts where |z - y_j|^2 - psi_j < |z - y_i|^2 - psi_i at a vertex z), beyond a band of
+    1e-12 (cells with a seed within it are left out: none are here).  Cells clipped by their first
+    3d candidates only, so that seeds beyond them cut most (70% in 2D, 88% in 3D)."""
     from sdot_jax.geometry import diagram
     from sdot_jax.geometry.kernels import kernel_for
 
@@ -271,17 +273,23 @@ def test_pool_test_on_the_seeds_that_may_cut_agrees_with_testing_every_seed(d):
         poly = diagram.clip_cell(y[i], psi[i], idx, y_pad, psi_pad, box, caps.vertices)
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
-        excess, tol = diagram._excess(verts, live, r, y[i], psi[i], y, psi)
-        other = (jnp.arange(n) != i) & ~jnp.any(jnp.arange(n)[:, None] == idx[None], 1)
-        may = diagram._may_cut(verts, live, r, y[i], psi[i], y, psi) & other
+        may = diagram._may_cut(verts, live, r, y[i], psi[i], y, psi)
         cell = (verts, live, r, i, y[i], psi[i], None, idx, y_pad, psi_pad)
-        return other & (excess > tol), may, *(diagram._cut_by_pool(*cell, m) for m in (None, 8, n - 1))
+        return y[i] + verts, live, may, *(diagram._cut_by_pool(*cell, m) for m in (None, 8, n - 1))
 
-    cuts, may, every, few, many = (np.asarray(a) for a in jax.jit(jax.vmap(verdicts))(jnp.arange(n), index))
+    z, live, may, every, few, many = (np.asarray(a) for a in jax.jit(jax.vmap(verdicts))(jnp.arange(n), index))
+    yn, psin = np.asarray(y), np.asarray(psi)
+    power = np.sum((z[:, :, None, :] - yn[None, None]) ** 2, -1) - psin  # (cell, vertex, seed)
+    own = power[np.arange(n), :, np.arange(n)]  # (cell, vertex)
+    depth = np.max(np.where(live[:, :, None], own[:, :, None] - power, -np.inf), 1)  # > 0: seed j cuts
+    other = (np.arange(n)[None] != np.arange(n)[:, None]) & ~np.any(
+        np.arange(n)[None, :, None] == np.asarray(index)[:, None, :], 2)
+    cuts = other & (depth > 1e-12)
+    assert not np.any(other & (np.abs(depth) <= 1e-12))  # no seed within the band
     assert not np.any(cuts & ~may)  # sound
     assert np.array_equal(every, cuts.any(1)) and 0.2 < every.mean() < 1
     np.testing.assert_array_equal(many, every)
-    more = may.sum(1) > 8
+    more = (may & other).sum(1) > 8
     assert 0 < more.sum() < n and np.all(few[more]) and np.array_equal(few[~more], every[~more])
 
 
