@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ._extremes import largest
 from .geometry import neighbours
 from .geometry.diagram import Capacities, Diagram, clip_cell, power_diagram
 from .geometry.kernels import kernel_for
@@ -58,11 +59,8 @@ class BackwardMap(eqx.Module):
         return x @ y.T - 0.5 * (jnp.sum(y**2, -1) - self.weights)
 
     def brenier_potential(self, x: Float[Array, "... d"]) -> Float[Array, "..."]:
-        r"""$u(x)$; its gradient is $y_{\sigma(x)}$, the Dirac `assignment` picks (gathered at the
-        argmax rather than `jnp.max`, whose gradient divides by a count of equal floats: see
-        `measures._density.box_around`)."""
-        affine = self._affine(jnp.asarray(x))
-        return jnp.take_along_axis(affine, jnp.argmax(affine, -1)[..., None], -1)[..., 0]
+        r"""$u(x)$; its gradient is $y_{\sigma(x)}$, the Dirac `assignment` picks (`_extremes.largest`)."""
+        return largest(self._affine(jnp.asarray(x)), -1)
 
     def assignment(self, x: Float[Array, "... d"]) -> Int[Array, "..."]:
         return jnp.argmax(self._affine(jnp.asarray(x)), -1)

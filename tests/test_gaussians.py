@@ -324,7 +324,7 @@ def test_start_moves_the_diracs_onto_the_mixture():
 
 
 _BOX_GRADIENT = """
-import jax, jax.numpy as jnp, numpy as np
+import json, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 from sdot_jax import Box, SumOfGaussians
 from sdot_jax.measures.gaussians import _truncation_radius
@@ -336,9 +336,9 @@ def corners(theta):
 def box_corners(frame):
     lo, hi = Box(jnp.array([0.1, -0.2]), frame).bounding_box()
     return jnp.sum(probe * jnp.stack([lo, hi]))
-print(np.asarray(jax.jit(jax.grad(corners))(theta)).tolist())
-print(np.asarray(jax.jit(jax.grad(box_corners))(jnp.array([[1.0, 0.3], [-0.2, 0.9]]))).tolist())
-print(_truncation_radius(2))
+print(json.dumps([np.asarray(jax.jit(jax.grad(corners))(theta)).tolist(),
+                  np.asarray(jax.jit(jax.grad(box_corners))(jnp.array([[1.0, 0.3], [-0.2, 0.9]]))).tolist(),
+                  _truncation_radius(2)]))
 """
 
 
@@ -348,13 +348,14 @@ def test_bounding_box_gradients_do_not_depend_on_how_xla_fuses_them():
     was 0 and the Gaussian mixture's gradients NaN.  The boxes' gradients go to the points that
     attain the extremes: here every extreme is the second Gaussian's (the wider one), and for the
     Box, the corners o + f1 (lowest x), o + f0 (highest x), o + f0 + f1 (highest y)."""
+    import json
     import os
     import subprocess
     import sys
 
     env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
     out = subprocess.run([sys.executable, "-c", _BOX_GRADIENT], env=env, capture_output=True, text=True, check=True)
-    gaussians, box, r = (eval(line) for line in out.stdout.strip().splitlines()[-3:])
+    gaussians, box, r = json.loads(out.stdout.strip().splitlines()[-1])
     # lo = mu_2 - r s_2, hi = mu_2 + r s_2, probed by (1, 2) and (3, 5)
     np.testing.assert_allclose(gaussians, [[0.0, 0.0, 0.0], [1 + 3, 2 + 5, -(1 + 2) * r + (3 + 5) * r]], rtol=1e-12)
     np.testing.assert_allclose(box, [[3.0, 5.0], [1.0, 5.0]], rtol=1e-12)

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from . import neighbours
-from .polyhedron import first_true
 from .kernels import kernel_for
+from .polyhedron import first_true
 
 
 class Capacities(eqx.Module):

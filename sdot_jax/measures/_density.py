@@ -9,16 +9,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
-def box_around(points: Float[Array, "m d"]) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-    """The smallest and largest coordinates of ``points``, axis by axis, each gathered from the
-    point that attains it (``argmin``/``argmax``).  Its gradient goes to that point.  ``jnp.min``'s
-    gradient divides by the count of entries equal to the minimum instead, and XLA may compute
-    ``points`` more than once with differently fused multiply-adds: a count of 0, then inf and
-    NaN (a Gaussian mixture's box, at XLA's CPU optimisation levels 0 and 1)."""
-    axes = jnp.arange(points.shape[1])
-    return points[jnp.argmin(points, 0), axes], points[jnp.argmax(points, 0), axes]
-
-
 class AbstractDensity(eqx.Module):
     r"""A non-negative density $\rho$ on $\mathbb{R}^d$ whose support lies in a convex polytope.
 

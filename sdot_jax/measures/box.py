@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity, box_around, det, simplex_measure, uniform_simplex_moments
+from .._extremes import largest, smallest
+from ._density import AbstractDensity, det, simplex_measure, uniform_simplex_moments
 
 
 class Box(AbstractDensity):
@@ -82,7 +83,8 @@ class Box(AbstractDensity):
         return self.origin + bits @ self.frame
 
     def bounding_box(self):
-        return box_around(self.corners())
+        corners = self.corners()
+        return smallest(corners, 0), largest(corners, 0)
 
     def half_spaces(self):
         if self.axis_aligned:

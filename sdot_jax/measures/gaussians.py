@@ -46,7 +46,8 @@ from jax.scipy.special import erf, erfc
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity, box_around
+from .._extremes import largest, smallest
+from ._density import AbstractDensity
 
 TRUNCATION = 1e-12  # mass left outside the bounding box, relative to the total mass (at most)
 _U0 = 8.5  # along an edge line, |u| > U0 (in sigmas) is integrated in closed form
@@ -118,7 +119,7 @@ class SumOfGaussians(AbstractDensity):
     def bounding_box(self):
         r = _truncation_radius(self.dim)
         s = self.sigmas[:, None]
-        return box_around(self.positions - r * s)[0], box_around(self.positions + r * s)[1]
+        return smallest(self.positions - r * s, 0), largest(self.positions + r * s, 0)
 
     def total_mass(self):
         return jnp.sum(self.weights)
@@ -143,8 +144,7 @@ class SumOfGaussians(AbstractDensity):
         r"""A blurred copy: the density convolved with a Gaussian of standard deviation ``amount``
         times the bounding box's largest side ($\sigma_k \to \sqrt{\sigma_k^2 + s^2}$), any d."""
         lo, hi = self.bounding_box()
-        side = hi - lo
-        s = amount * side[jnp.argmax(side)]  # (not `jnp.max`: see `box_around`)
+        s = amount * largest(hi - lo, 0)
         return SumOfGaussians(self.positions, jnp.sqrt(self.sigmas**2 + s**2), self.weights)
 
     def facet_mass(self, origin, facet):
