@@ -97,7 +97,7 @@ def ours(y: np.ndarray, tol: float):
         seconds=run, cpu=cpu, compile=sum(times) - run * len(times) if len(times) > 1 else times[0] - run,
         iterations=it, evaluations=int(stats.evaluations), cg=steps.tolist(),
         error=float(np.min(np.asarray(stats.residuals))), status="converged" if bool(stats.converged) else Status[stats.status],
-        retries=len(times) - 1, capacities=str(caps),
+        retries=len(times) - 1, capacities=caps, weights=psi,
     )
 
 

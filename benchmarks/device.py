@@ -1,0 +1,124 @@
+"""Benchmark on JAX's default device (the GPU where there is one): the whole Newton solve and one
+power diagram at the optimal weights, in nanoseconds per cell; uniform Diracs on the unit
+square/cube, float64, from the initial weights to worst relative mass error <= tol.
+
+    python benchmarks/device.py --cases 2:1e5 3:1e5 2:1e6 3:1e6 2:1e5:1 --scale 16 --deadline 420
+
+A case is ``d:n`` or ``d:n:scale``.  The scale multiplies the diagram's batch sizes
+(`diagram.CLIP_BATCH`, `PAIRS_PER_BATCH`, `REDO_CHUNK`, `neighbours.SLOTS_PER_BATCH`, sized for a
+2-core CPU; read when a function is traced).  The diagram is timed through the compiled solve
+itself, started at the optimum: it evaluates one fresh diagram (grid, candidate ranking, clipping,
+certificates, integrals) and stops, with no compilation of its own.  Cases start in the order
+given while less than ``--deadline`` seconds have passed, so a run cut short still printed every
+row it finished.  Peak memory is the device allocator's ``peak_bytes_in_use`` (cumulative over the
+run, so give the cases in increasing size); on the CPU it is the process's resident peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sdot_jax import Box  # noqa: E402
+from sdot_jax.geometry import diagram as dg, neighbours  # noqa: E402
+
+import uniform  # noqa: E402 -- benchmarks/uniform.py, beside this script
+
+BATCHES = dict(CLIP_BATCH=dict(dg.CLIP_BATCH), PAIRS_PER_BATCH=dg.PAIRS_PER_BATCH, REDO_CHUNK=dg.REDO_CHUNK,
+               SLOTS_PER_BATCH=neighbours.SLOTS_PER_BATCH)
+
+
+def set_scale(scale: int) -> None:
+    """Multiply the diagram's batch sizes by ``scale`` (read when a function is traced, so the
+    compiled programs are dropped)."""
+    jax.clear_caches()
+    dg.CLIP_BATCH = {d: b * scale for d, b in BATCHES["CLIP_BATCH"].items()}
+    dg.PAIRS_PER_BATCH = BATCHES["PAIRS_PER_BATCH"] * scale
+    dg.REDO_CHUNK = BATCHES["REDO_CHUNK"] * scale
+    neighbours.SLOTS_PER_BATCH = BATCHES["SLOTS_PER_BATCH"] * scale
+
+
+def peak_memory_gb() -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def time_diagram(y, caps, psi, tol, reps: int = 3) -> dict:
+    """Median seconds of the compiled solve started at the optimum ``psi``: one diagram."""
+    n, d = y.shape
+    y, a, density = jnp.asarray(y), jnp.full((n,), 1.0 / n), Box().with_dim(d)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        _, stats = uniform._solve(y, a, density, psi, caps, jnp.asarray(tol), 50)
+        jax.block_until_ready(stats)
+        times.append(time.perf_counter() - t)
+    if int(stats.evaluations) != 1 or not bool(stats.converged):
+        raise RuntimeError(f"the solve from the optimum took {int(stats.evaluations)} diagrams")
+    seconds = float(np.median(times))
+    return dict(diagram_s=seconds, ns_per_cell=seconds / n * 1e9)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", nargs="*", default=["2:1e5", "3:1e5", "2:1e6", "3:1e6"])
+    p.add_argument("--scale", type=int, default=1, help="for cases that name none")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--deadline", type=float, default=float("inf"), help="start no case after this many seconds")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    args = p.parse_args()
+    start = time.perf_counter()
+    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}", flush=True)
+    if jax.default_backend() == "gpu":
+        print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version",
+                              "--format=csv"], capture_output=True, text=True).stdout, flush=True)
+    rows = []
+    for spec in args.cases:
+        if time.perf_counter() - start > args.deadline:
+            print(f"deadline: {spec} not started", flush=True)
+            continue
+        parts = spec.split(":")
+        d, n, scale = int(parts[0]), int(float(parts[1])), int(parts[2]) if len(parts) > 2 else args.scale
+        try:
+            set_scale(scale)
+            solve = uniform.ours(np.random.default_rng(0).random((n, d)), args.tol)
+            row = dict(n=n, d=d, scale=scale, **{k: solve[k] for k in ("seconds", "compile", "iterations",
+                                                                       "evaluations", "error", "status")},
+                       cg=f"{min(solve['cg'])}-{max(solve['cg'])}" if solve["cg"] else "-")
+            row.update(time_diagram(np.random.default_rng(0).random((n, d)), solve["capacities"],
+                                    solve["weights"], args.tol))
+            row["peak_gb"] = peak_memory_gb()
+            print(f"  {spec}: {json.dumps(row)}", flush=True)
+            rows.append(row)
+        except Exception:  # noqa: BLE001 -- report and go on to the next case
+            traceback.print_exc()
+            sys.stdout.flush()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    print(f"\n{jax.devices()[0].device_kind}, {time.perf_counter() - start:.0f} s in all")
+    print("| n | d | batch scale | solve s | compile s | Newton | diagrams | CG/step | worst rel. err "
+          "| one diagram s | ns/cell | peak GB |")
+    print("|" + "---|" * 12)
+    for r in rows:
+        print(f"| {r['n']:.0e} | {r['d']} | {r['scale']} | {r['seconds']:.2f} | {r['compile']:.1f} | "
+              f"{r['iterations']} | {r['evaluations']} | {r['cg']} | {r['error']:.1e} | {r['diagram_s']:.3f} | "
+              f"{r['ns_per_cell']:.0f} | {r['peak_gb']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
