@@ -2,16 +2,16 @@
 power diagram at the optimal weights, in nanoseconds per cell; uniform Diracs on the unit
 square/cube, float64, from the initial weights to worst relative mass error <= tol.
 
-    python benchmarks/device.py --cases 2:1e5 3:1e5 2:1e6 3:1e6 2:1e5:1 --scale 16 --deadline 420
+    python benchmarks/device.py --cases 2:1e5 3:1e5 2:1e6 2:1e5:1 --deadline 420
 
-A case is ``d:n`` or ``d:n:scale``.  The scale multiplies the diagram's batch sizes
-(`diagram.CLIP_BATCH`, `PAIRS_PER_BATCH`, `REDO_CHUNK`, `neighbours.SLOTS_PER_BATCH`, sized for a
-2-core CPU; read when a function is traced).  The diagram is timed through the compiled solve
-itself, started at the optimum: it evaluates one fresh diagram (grid, candidate ranking, clipping,
-certificates, integrals) and stops, with no compilation of its own.  Cases start in the order
-given while less than ``--deadline`` seconds have passed, so a run cut short still printed every
-row it finished.  Peak memory is the device allocator's ``peak_bytes_in_use`` (cumulative over the
-run, so give the cases in increasing size); on the CPU it is the process's resident peak.
+A case is ``d:n`` or ``d:n:scale``, the scale on the diagram's batch sizes
+(`sdot_jax.geometry.batches`; by default the backend's: 1 on the CPU, 16 elsewhere).  The diagram
+is timed through the compiled solve itself, started at the optimum: it evaluates one fresh
+diagram (grid, candidate ranking, clipping, certificates, integrals) and stops, with no
+compilation of its own.  Cases start in the order given while less than ``--deadline`` seconds
+have passed, so a run cut short still printed every row it finished.  Peak memory is the device
+allocator's ``peak_bytes_in_use`` (cumulative over the run, so give the cases in increasing size);
+on the CPU it is the process's resident peak.
 """
 
 from __future__ import annotations
@@ -32,22 +32,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdot_jax import Box  # noqa: E402
-from sdot_jax.geometry import diagram as dg, neighbours  # noqa: E402
+from sdot_jax.geometry import batches  # noqa: E402
 
 import uniform  # noqa: E402 -- benchmarks/uniform.py, beside this script
 
-BATCHES = dict(CLIP_BATCH=dict(dg.CLIP_BATCH), PAIRS_PER_BATCH=dg.PAIRS_PER_BATCH, REDO_CHUNK=dg.REDO_CHUNK,
-               SLOTS_PER_BATCH=neighbours.SLOTS_PER_BATCH)
-
-
 def set_scale(scale: int) -> None:
-    """Multiply the diagram's batch sizes by ``scale`` (read when a function is traced, so the
-    compiled programs are dropped)."""
+    """Force ``scale`` on the diagram's batch sizes (`batches.FORCED`, read when a function is
+    traced, so the compiled programs are dropped)."""
     jax.clear_caches()
-    dg.CLIP_BATCH = {d: b * scale for d, b in BATCHES["CLIP_BATCH"].items()}
-    dg.PAIRS_PER_BATCH = BATCHES["PAIRS_PER_BATCH"] * scale
-    dg.REDO_CHUNK = BATCHES["REDO_CHUNK"] * scale
-    neighbours.SLOTS_PER_BATCH = BATCHES["SLOTS_PER_BATCH"] * scale
+    batches.FORCED = scale
 
 
 def peak_memory_gb() -> float:
@@ -76,7 +69,7 @@ def time_diagram(y, caps, psi, tol, reps: int = 3) -> dict:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cases", nargs="*", default=["2:1e5", "3:1e5", "2:1e6", "3:1e6"])
-    p.add_argument("--scale", type=int, default=1, help="for cases that name none")
+    p.add_argument("--scale", type=int, default=None, help="for cases that name none (default: the backend's)")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--deadline", type=float, default=float("inf"), help="start no case after this many seconds")
     p.add_argument("--json", default=None, help="also write the rows to this file")
@@ -93,6 +86,7 @@ def main():
             continue
         parts = spec.split(":")
         d, n, scale = int(parts[0]), int(float(parts[1])), int(parts[2]) if len(parts) > 2 else args.scale
+        scale = batches.scale() if scale is None else scale
         try:
             set_scale(scale)
             solve = uniform.ours(np.random.default_rng(0).random((n, d)), args.tol)

@@ -1,9 +1,10 @@
-"""Benchmark: uniform density on the unit square/cube, random Diracs, float64.
+"""Benchmark: uniform density on the unit square/cube, random Diracs, float64 (or float32).
 
     python benchmarks/uniform.py                      # default cases
     python benchmarks/uniform.py --cases 2:1e4 2:1e5 3:1e3 --tol 1e-6
     python benchmarks/uniform.py --sdot-python /tmp/sdotenv/bin/python
     python benchmarks/uniform.py --cases 2:1e4 --compilation-cache /tmp/xla   # twice: cold, then warm
+    python benchmarks/uniform.py --cases 2:1e5 --dtype float32 --tol 1e-4
 
 Prints one row per case: n, d, points, seconds of the solve after compilation (wall and CPU: the
 CPU seconds stay meaningful when other work shares the machine), compile seconds
@@ -21,6 +22,7 @@ import resource
 import sys
 import time
 
+import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -66,14 +68,14 @@ def points(case: str, n: int, d: int, rng) -> np.ndarray:
     raise ValueError(case)
 
 
-def ours(y: np.ndarray, tol: float):
+def ours(y: np.ndarray, tol: float, dtype=jnp.float64):
     n, d = y.shape
-    yj = jnp.asarray(y)
-    a = jnp.full((n,), 1.0 / n)
-    density = Box().with_dim(d)
+    yj = jnp.asarray(y, dtype)
+    a = jnp.full((n,), 1.0 / n, dtype)
+    density = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, Box().with_dim(d))
     psi0 = initial_weights(yj, density)
     caps = Capacities.default(n, d, y)
-    tol_arr = jnp.asarray(tol)
+    tol_arr = jnp.asarray(tol, dtype)
     times = []
     psi = psi0
     while True:  # compile, growing capacities as the public API does (from where it stopped)
@@ -110,13 +112,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cases", nargs="*", default=["2:1e3", "2:1e4", "2:1e5", "3:1e3", "3:1e4", "2:1e4:clustered"])
     p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="our working precision (float32 reaches ~1e-5: give --tol 1e-4 or so)")
     p.add_argument("--sdot-python", default=None)
     p.add_argument("--compilation-cache", default=None, metavar="DIR",
                    help="keep compiled programs in DIR (a second run of the same cases compiles from there)")
     args = p.parse_args()
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
-    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}")
+    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}, {args.dtype}")
     head = ("| n | d | points | s (run) | CPU s | s (compile) | Newton | diagrams | CG/step | worst rel. err "
             "| peak RSS MB |")
     if args.sdot_python:
@@ -129,7 +133,7 @@ def main():
         d, n = int(parts[0]), int(float(parts[1]))
         case = parts[2] if len(parts) > 2 else "uniform"
         y = points(case, n, d, rng)
-        r = ours(y, args.tol)
+        r = ours(y, args.tol, jnp.dtype(args.dtype))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cg = "dense" if not r["cg"] or max(r["cg"]) == 0 else f"{min(r['cg'])}-{max(r['cg'])}"
         row = (f"| {n:.0e} | {d} | {case} | {r['seconds']:.2f} | {r['cpu']:.2f} | {r['compile']:.1f} | "

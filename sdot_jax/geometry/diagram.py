@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from . import neighbours
+from . import batches, neighbours
 from .kernels import kernel_for
 from .polyhedron import first_true
 
@@ -310,6 +310,7 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
         batch = max(8, min(1024, 2**24 // (n * capacity)))
     else:
         batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // (cand.pool.shape[1] * capacity)))
+    batch *= batches.scale()
     index, slot = jax.lax.map(one, (rows, cand.index, cand.pool), batch_size=min(batch, rows.shape[0]))
     return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, slot))
 
@@ -353,7 +354,7 @@ PAIRS_PER_BATCH = 2**21
 #: (48: 779 ms, 2 more cells left); 2D 1e5 908 -> 897 ms with 32 (a vertex test of 16 slots
 #: costs little more than the bound), so 2D tests every seed.
 SURVIVORS = {3: 64}
-#: Cells clipped and integrated per batch (`_cells`).
+#: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
 
 
@@ -423,9 +424,10 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     # optimum, neighbours first, loops: first pass of 3D 1e4 1918 -> 1585 ms, batches of 37
     # cells -> 1024 and 37; 2D 1e5 1116 -> 929 ms, 481 -> 4096 and 481).
     tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
-    batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1)))
+    batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1))) * batches.scale()
     poly, complete, (mass, first, second, facets) = jax.lax.map(
-        clipped, (order, first_round), batch_size=min(max(batch, CLIP_BATCH[min(d, 3)]), rows.shape[0]))
+        clipped, (order, first_round),
+        batch_size=min(max(batch, CLIP_BATCH[min(d, 3)] * batches.scale()), rows.shape[0]))
     ok = jax.lax.map(certified, (poly, complete, order), batch_size=min(batch, rows.shape[0]))
     out = mass, first, second, facets, ok, poly.overflow
     if known is None:
@@ -525,7 +527,7 @@ def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
     return _redo(out, rows, search, y, psi, density, capacity)
 
 
-#: Uncertified cells are redone in chunks of about this many rows.
+#: Uncertified cells are redone in chunks of about this many rows (times `batches.scale`).
 REDO_CHUNK = 64
 
 
@@ -538,7 +540,7 @@ def _redo_uncertified(stage, out, *operands, size: int, hopeless: int, cond):
     Returns the diagram and whether more than ``hopeless`` cells were uncertified: then it stays
     uncertified whatever the stage does, is not run, and is reported so at once."""
     n = out[0].shape[0]
-    chunks = -(-size // REDO_CHUNK)
+    chunks = -(-size // (REDO_CHUNK * batches.scale()))
     chunk = -(-size // chunks)
     left = jnp.sum(~out[4])
     beyond = left > hopeless

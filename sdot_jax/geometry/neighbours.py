@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from . import batches
+
 
 class Candidates(eqx.Module):
     """k candidate neighbours per seed, likeliest first (module docstring); the seeds to
@@ -580,7 +582,7 @@ def pool_gauges(grid: Grid, y: Float[Array, "n d"], psi: Float[Array, " n"]) -> 
 
 #: Pool slots per batch of seeds ranked together: small batches stay in cache (1e4 uniform seeds,
 #: 2D pools of 378: 176 ms in batches of 2048 seeds, 141 ms in batches of 128-512; 3D pools of
-#: ~1200: 737 ms in batches of 2048, 447 ms in batches of 128).
+#: ~1200: 737 ms in batches of 2048, 447 ms in batches of 128).  Times `batches.scale`.
 SLOTS_PER_BATCH = 2**16
 
 
@@ -622,7 +624,7 @@ def from_grid(
         pools, reach = grid.pool[rows], grid.reach[rows]
     else:
         pools, reach = ring_pool(grid, y, rows, ring)
-    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), max(8, SLOTS_PER_BATCH // pools.shape[1]))
+    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), max(8, SLOTS_PER_BATCH * batches.scale() // pools.shape[1]))
     return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
 
 
