@@ -95,3 +95,20 @@ def test_float32_solve_reaches_its_tolerance_in_exact_arithmetic():
         ref = reference_diagram(y32.astype(np.float64), np.asarray(plan.weights, np.float64),
                                 *box_halfspaces([0.0] * d, [1.0] * d))["mass"]
         assert np.max(np.abs(ref * n - 1)) <= 1e-4 + 1e-5
+
+
+def test_a_tolerance_below_float32_resolution_stops_at_once_with_the_precision_status():
+    """Asked for 1e-9 in float32, Newton cannot get there: masses computed in float32 move by
+    ~eps n^(1/d).  It must say so (`Status.precision`, not `max_iterations` after 50 steps of
+    t = 2^-24, which rounded (1 - t/2) to 1 and accepted trials that changed nothing), and the
+    weights it returns are as good as a float32 solve gets: within 1e-4 in float64 (scipy)."""
+    n = 200
+    y32 = np.random.default_rng(2).random((n, 2)).astype(np.float32)
+    plan = optimal_transport_plan(y32, Box(), tol=1e-9, throw=False)
+    assert plan.stats.status == Status.precision
+    assert int(plan.stats.iterations) < 10 and int(plan.stats.evaluations) < 60
+    ref = reference_diagram(y32.astype(np.float64), np.asarray(plan.weights, np.float64),
+                            *box_halfspaces([0.0, 0.0], [1.0, 1.0]))["mass"]
+    assert np.max(np.abs(ref * n - 1)) <= 1e-4
+    with pytest.raises(Exception, match="working precision"):
+        optimal_transport_plan(y32, Box(), tol=1e-9)
