@@ -25,6 +25,7 @@ import sys
 import time
 import traceback
 
+import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -53,11 +54,12 @@ def peak_memory_gb() -> float:
 def time_diagram(y, caps, psi, tol, reps: int = 3) -> dict:
     """Median seconds of the compiled solve started at the optimum ``psi``: one diagram."""
     n, d = y.shape
-    y, a, density = jnp.asarray(y), jnp.full((n,), 1.0 / n), Box().with_dim(d)
+    y, a = jnp.asarray(y), jnp.full((n,), 1.0 / n, y.dtype)
+    density = jax.tree.map(lambda x: x.astype(y.dtype) if eqx.is_inexact_array(x) else x, Box().with_dim(d))
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        _, stats = uniform._solve(y, a, density, psi, caps, jnp.asarray(tol), 50)
+        _, stats = uniform._solve(y, a, density, psi, caps, jnp.asarray(tol, y.dtype), 50)
         jax.block_until_ready(stats)
         times.append(time.perf_counter() - t)
     if int(stats.evaluations) != 1 or not bool(stats.converged):
@@ -71,11 +73,14 @@ def main():
     p.add_argument("--cases", nargs="*", default=["2:1e5", "3:1e5", "2:1e6", "3:1e6"])
     p.add_argument("--scale", type=int, default=None, help="for cases that name none (default: the backend's)")
     p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="float32 resolves less as n grows: give --tol 1e-3 or so")
     p.add_argument("--deadline", type=float, default=float("inf"), help="start no case after this many seconds")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args()
     start = time.perf_counter()
-    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}", flush=True)
+    print(f"jax {jax.__version__}, devices {jax.devices()}, cpus {os.cpu_count()}, tol {args.tol}, {args.dtype}",
+          flush=True)
     if jax.default_backend() == "gpu":
         print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version",
                               "--format=csv"], capture_output=True, text=True).stdout, flush=True)
@@ -89,12 +94,15 @@ def main():
         scale = batches.scale() if scale is None else scale
         try:
             set_scale(scale)
-            solve = uniform.ours(np.random.default_rng(0).random((n, d)), args.tol)
+            solve = uniform.ours(np.random.default_rng(0).random((n, d)), args.tol, jnp.dtype(args.dtype))
             row = dict(n=n, d=d, scale=scale, **{k: solve[k] for k in ("seconds", "compile", "iterations",
                                                                        "evaluations", "error", "status")},
                        cg=f"{min(solve['cg'])}-{max(solve['cg'])}" if solve["cg"] else "-")
-            row.update(time_diagram(np.random.default_rng(0).random((n, d)), solve["capacities"],
-                                    solve["weights"], args.tol))
+            if solve["status"] == "converged":  # (else the solve from its weights is no single diagram)
+                row.update(time_diagram(np.random.default_rng(0).random((n, d)).astype(args.dtype),
+                                        solve["capacities"], solve["weights"], args.tol))
+            else:
+                row.update(diagram_s=float("nan"), ns_per_cell=float("nan"))
             row["peak_gb"] = peak_memory_gb()
             print(f"  {spec}: {json.dumps(row)}", flush=True)
             rows.append(row)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# What the next GPU lease should measure, in order, each step under its own time limit (~560 s in
+# all, inside one 600 s device command).  From the repository root:
+#
+#     OUT=/some/folder bash benchmarks/gpu_session.sh
+#
+# 1. 3D n = 1e6, alone, with XLA's optimized HLO dumped: if one fusion is still slow to compile
+#    (the fourteenth session's "input_reduce_fusion.84", 5 minutes), its text is copied to
+#    $OUT/slow_fusion.txt.
+# 2. The batch scale (`sdot_jax/geometry/batches.py`): the CPU's sizes (1) against the default
+#    (16) and 64, at 2D 1e5 and 3D 1e5.
+# 3. float32 at 2D 1e6 (tol 1e-2: float32 resolves ~eps n there) and 3D 1e5.
+# 4. A vmapped batch of 256 problems of n = 100 against a Python loop.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
+OUT=${OUT:-/tmp/gpu_session}
+mkdir -p "$OUT"
+cd benchmarks || exit 1
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+XLA_FLAGS="--xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_text" \
+    timeout 230 python3 device.py --cases 3:1e6 --json "$OUT/step1.json" 2>&1 | tee "$OUT/step1.log"
+slow=$(grep -o 'Compiling module [a-z_]*\.[0-9]*' "$OUT/step1.log" | head -1 | awk '{print $3}')
+if [ -n "$slow" ]; then  # the fusion's instruction and the computation it calls
+    python3 - "$slow" /tmp/xla_dump/*after_optimizations.txt > "$OUT/slow_fusion.txt" <<'PY'
+import re, sys
+name, files = sys.argv[1], sys.argv[2:]
+for path in files:
+    lines = open(path).read().splitlines()
+    hit = [line for line in lines if re.search(rf"%{re.escape(name)} = ", line)]
+    if not hit:
+        continue
+    print(path, *hit, sep="\n")
+    called = re.search(r"calls=%([\w.\-]+)", hit[0])
+    if called:
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"%{called.group(1)} "))
+        end = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
+        print(*lines[start:end + 1], sep="\n")
+    break
+PY
+fi
+rm -rf /tmp/xla_dump
+
+timeout 160 python3 device.py --cases 2:1e5 2:1e5:1 2:1e5:64 3:1e5 3:1e5:1 --deadline 120 \
+    --json "$OUT/step2.json" 2>&1 | tee "$OUT/step2.log"
+timeout 100 python3 device.py --cases 3:1e5 2:1e6 --dtype float32 --tol 1e-2 --deadline 60 \
+    --json "$OUT/step3.json" 2>&1 | tee "$OUT/step3.log"
+timeout 60 python3 gradients.py --batch 256 --n 100 2>&1 | tee "$OUT/step4.log"
