@@ -624,7 +624,8 @@ def from_grid(
         pools, reach = grid.pool[rows], grid.reach[rows]
     else:
         pools, reach = ring_pool(grid, y, rows, ring)
-    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), max(8, SLOTS_PER_BATCH * batches.scale() // pools.shape[1]))
+    per_batch = max(8, SLOTS_PER_BATCH * batches.scale() // pools.shape[1])
+    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), per_batch)
     return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
 
 

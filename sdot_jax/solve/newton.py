@@ -216,7 +216,8 @@ def newton(
         tries = s.tries + 1
         short = diagram.short & stop_when_short & may_grow
         at_floor = ~initial & (_relative_error(s.diagram.mass / total, a) <= floor)
-        gave_up = ~accepted & (initial | (tries >= 30) | (at_floor & (tries >= FLOOR_TRIES)) | short | window_short)
+        out_of_tries = (tries >= 30) | (at_floor & (tries >= FLOOR_TRIES))
+        gave_up = ~accepted & (initial | out_of_tries | short | window_short)
         err = _relative_error(m_t, a)
         iteration = jnp.where(accepted, s.iteration + 1, s.iteration)
         converged = accepted & (err <= tol)
