@@ -5,7 +5,8 @@ The diagram maps over cells in batches (`diagram.CLIP_BATCH`, `diagram.PAIRS_PER
 wants far more work per kernel launch: off the CPU every one of these sizes is multiplied by
 `OFF_CPU_SCALE`.  On an H200 (float64, uniform Diracs, benchmarks/device.py) with 16: one fresh
 diagram at the optimum in 258 ns per cell for 2D n = 1e5, 201 for 2D 1e6, 3505 for 3D 1e5; the
-CPU's sizes were not measured there.
+CPU's sizes were not measured there.  The backend is JAX's default one when a function is traced
+(arrays placed on another device keep its sizes: only their speed depends on it, never a result).
 """
 
 from __future__ import annotations
