@@ -9,8 +9,9 @@
 #    $OUT/slow_fusion.txt.
 # 2. The batch scale (`sdot_jax/geometry/batches.py`): the CPU's sizes (1) against the default
 #    (16) and 64, at 2D 1e5 and 3D 1e5.
-# 3. float32 at 2D 1e6 (tol 1e-2: float32 resolves ~eps n there) and 3D 1e5.
+# 3. float32 at 3D 1e5 and 2D 1e6 (tols above what float32 resolves there).
 # 4. A vmapped batch of 256 problems of n = 100 against a Python loop.
+# The device tool brings back at most 8 files from $OUT: this writes 7 (the logs hold each case's row).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
 OUT=${OUT:-/tmp/gpu_session}
@@ -19,7 +20,7 @@ cd benchmarks || exit 1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv | tee "$OUT/gpu.txt"
 
 XLA_FLAGS="--xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_text" \
-    timeout 230 python3 device.py --cases 3:1e6 --json "$OUT/step1.json" 2>&1 | tee "$OUT/step1.log"
+    timeout 220 python3 device.py --cases 3:1e6 2>&1 | tee "$OUT/step1.log"
 slow=$(grep -o 'Compiling module [a-z_]*\.[0-9]*' "$OUT/step1.log" | head -1 | awk '{print $3}')
 if [ -n "$slow" ]; then  # the fusion's instruction and the computation it calls
     python3 - "$slow" /tmp/xla_dump/*after_optimizations.txt > "$OUT/slow_fusion.txt" <<'PY'
@@ -41,8 +42,11 @@ PY
 fi
 rm -rf /tmp/xla_dump
 
-timeout 160 python3 device.py --cases 2:1e5 2:1e5:1 2:1e5:64 3:1e5 3:1e5:1 --deadline 120 \
-    --json "$OUT/step2.json" 2>&1 | tee "$OUT/step2.log"
-timeout 100 python3 device.py --cases 3:1e5 2:1e6 --dtype float32 --tol 1e-2 --deadline 60 \
-    --json "$OUT/step3.json" 2>&1 | tee "$OUT/step3.log"
-timeout 60 python3 gradients.py --batch 256 --n 100 2>&1 | tee "$OUT/step4.log"
+timeout 150 python3 device.py --cases 2:1e5 2:1e5:1 2:1e5:64 3:1e5 3:1e5:1 --deadline 110 \
+    2>&1 | tee "$OUT/step2.log"
+# float32 resolves ~0.12 eps n^(2/d) (2D 1e6: ~1.4e-2 extrapolated, 3D 1e5: ~3e-5): tols above that
+timeout 60 python3 device.py --cases 3:1e5 --dtype float32 --tol 1e-3 \
+    2>&1 | tee "$OUT/step3a.log"
+timeout 70 python3 device.py --cases 2:1e6 --dtype float32 --tol 5e-2 \
+    2>&1 | tee "$OUT/step3b.log"
+timeout 50 python3 gradients.py --batch 256 --n 100 2>&1 | tee "$OUT/step4.log"
