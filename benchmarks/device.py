@@ -1,6 +1,6 @@
 """Benchmark on JAX's default device (the GPU where there is one): the whole Newton solve and one
 power diagram at the optimal weights, in nanoseconds per cell; uniform Diracs on the unit
-square/cube, float64, from the initial weights to worst relative mass error <= tol.
+square/cube, float64 (or float32), from the initial weights to worst relative mass error <= tol.
 
     python benchmarks/device.py --cases 2:1e5 3:1e5 2:1e6 2:1e5:1 --deadline 420
 
@@ -37,11 +37,13 @@ from sdot_jax.geometry import batches  # noqa: E402
 
 import uniform  # noqa: E402 -- benchmarks/uniform.py, beside this script
 
-def set_scale(scale: int) -> None:
-    """Force ``scale`` on the diagram's batch sizes (`batches.FORCED`, read when a function is
-    traced, so the compiled programs are dropped)."""
+def set_scale(scale: int | None) -> int:
+    """Force ``scale`` on the diagram's batch sizes (`batches.FORCED`; None: the backend's own),
+    drop the compiled programs (the sizes are read when a function is traced) and return the
+    scale in force."""
     jax.clear_caches()
     batches.FORCED = scale
+    return batches.scale()
 
 
 def peak_memory_gb() -> float:
@@ -91,9 +93,8 @@ def main():
             continue
         parts = spec.split(":")
         d, n, scale = int(parts[0]), int(float(parts[1])), int(parts[2]) if len(parts) > 2 else args.scale
-        scale = batches.scale() if scale is None else scale
         try:
-            set_scale(scale)
+            scale = set_scale(scale)
             solve = uniform.ours(np.random.default_rng(0).random((n, d)), args.tol, jnp.dtype(args.dtype))
             row = dict(n=n, d=d, scale=scale, **{k: solve[k] for k in ("seconds", "compile", "iterations",
                                                                        "evaluations", "error", "status")},

@@ -33,12 +33,20 @@ for path in files:
         continue
     print(path, *hit, sep="\n")
     called = re.search(r"calls=%([\w.\-]+)", hit[0])
-    if called:
-        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"%{called.group(1)} "))
-        end = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
-        print(*lines[start:end + 1], sep="\n")
+    start = next((i for i, line in enumerate(lines)
+                  if called and line.lstrip().startswith(f"%{called.group(1)} ")), None)
+    if start is None:
+        print("(the computation it calls was not found)")
+        break
+    end = next((i for i in range(start, len(lines)) if lines[i].strip() == "}"), len(lines) - 1)
+    print(*lines[start:end + 1], sep="\n")
     break
+else:
+    print(f"no instruction named {name} in the dump: XLA names its modules otherwise; look for the"
+          " largest reduce fusions in the optimized HLO instead")
 PY
+else
+    echo "no slow compilation reported in step 1" > "$OUT/slow_fusion.txt"
 fi
 rm -rf /tmp/xla_dump
 

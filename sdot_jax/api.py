@@ -98,8 +98,8 @@ def optimal_transport_plan(
       positions with equal masses) and one density (`Box`, `Polytope`, ...), in either order.
       Both are normalised to total mass 1.
     - `tol`: stop when $\max_i |m_i - a_i| / a_i \le$ `tol`; default 1e-10 in float64, 1e-4 in
-      float32 (float32 data alone limit masses to ~1e-5 relative: rounding the positions moves
-      the bisectors).
+      float32.  What float32 resolves coarsens like eps n^(2/d) (2D: ~1e-5 at n = 200, 2.7e-4 at
+      2e4, 1.5e-3 at 1e5); a solve stuck there stops with `Status.precision`.
     - `max_iter`: maximum number of Newton steps.
     - `weights`: initial weights $\psi$ (warm start), shape ``(n,)``.
     - `verbose`: print one line per Newton step (or a callable used like ``jax.debug.print``).

@@ -127,3 +127,24 @@ def test_contracted_edges_sum_duplicates_on_every_key_path(key):
     assert got.keys() == reference.keys()
     np.testing.assert_allclose([got[p] for p in reference], list(reference.values()), rtol=1e-12)
     assert int(multigrid._contract(*args, 10, key)[3]) == len(reference)  # over capacity: reported
+
+
+@pytest.mark.parametrize("room", [None, 1000, 1])
+def test_compact_list_is_the_nonzero_entries_in_row_order(problem, monkeypatch, room):
+    """The compact list holds each cell's nonzero (cell, candidate) entries, rows in order and
+    within a row in candidate order (numpy's row-major nonzero, an independent reference),
+    padded with row n - 1 and weight 0; with less room than entries, the first ones that fit and
+    the overflow flag."""
+    lap, _, _ = problem
+    if room is not None:
+        monkeypatch.setattr(linear, "compact_capacity", lambda n, k, d: room)
+    comp = linear.compact(lap, 2)
+    w, idx = np.asarray(lap.weights), np.asarray(lap.index)
+    rows, slots = np.nonzero((idx < N) & (w != 0))
+    cap = comp.rows.shape[0]
+    kept = min(cap, rows.size)
+    assert bool(comp.overflow) == (rows.size > cap) and (room is None) != bool(comp.overflow)
+    np.testing.assert_array_equal(np.asarray(comp.rows)[:kept], rows[:kept])
+    np.testing.assert_array_equal(np.asarray(comp.cols)[:kept], idx[rows, slots][:kept])
+    np.testing.assert_array_equal(np.asarray(comp.weights)[:kept], w[rows, slots][:kept])
+    assert np.all(np.asarray(comp.rows)[kept:] == N - 1) and np.all(np.asarray(comp.weights)[kept:] == 0)

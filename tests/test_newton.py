@@ -99,7 +99,7 @@ def test_float32_solve_reaches_its_tolerance_in_exact_arithmetic():
 
 def test_a_tolerance_below_float32_resolution_stops_at_once_with_the_precision_status():
     """Asked for 1e-9 in float32, Newton cannot get there: masses computed in float32 move by
-    ~eps n^(1/d).  It must say so (`Status.precision`, not `max_iterations` after 50 steps of
+    ~eps n^(2/d).  It must say so (`Status.precision`, not `max_iterations` after 50 steps of
     t = 2^-24, which rounded (1 - t/2) to 1 and accepted trials that changed nothing), and the
     weights it returns are as good as a float32 solve gets: within 1e-4 in float64 (scipy)."""
     n = 200

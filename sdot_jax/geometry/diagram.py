@@ -427,7 +427,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1))) * batches.scale()
     poly, complete, (mass, first, second, facets) = jax.lax.map(
         clipped, (order, first_round),
-        batch_size=min(max(batch, CLIP_BATCH[min(d, 3)] * batches.scale()), rows.shape[0]))
+        batch_size=min(CLIP_BATCH[min(d, 3)] * batches.scale(), rows.shape[0]))
     ok = jax.lax.map(certified, (poly, complete, order), batch_size=min(batch, rows.shape[0]))
     out = mass, first, second, facets, ok, poly.overflow
     if known is None:
