@@ -25,17 +25,16 @@ import sys
 import time
 import traceback
 
-import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sdot_jax import Box  # noqa: E402
 from sdot_jax.geometry import batches  # noqa: E402
 
 import uniform  # noqa: E402 -- benchmarks/uniform.py, beside this script
+
 
 def set_scale(scale: int | None) -> int:
     """Force ``scale`` on the diagram's batch sizes (`batches.FORCED`; None: the backend's own),
@@ -53,21 +52,19 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def time_diagram(y, caps, psi, tol, reps: int = 3) -> dict:
-    """Median seconds of the compiled solve started at the optimum ``psi``: one diagram."""
-    n, d = y.shape
-    y, a = jnp.asarray(y), jnp.full((n,), 1.0 / n, y.dtype)
-    density = jax.tree.map(lambda x: x.astype(y.dtype) if eqx.is_inexact_array(x) else x, Box().with_dim(d))
+def time_diagram(problem, caps, psi, reps: int = 3) -> dict:
+    """Median seconds of the compiled solve of ``problem`` (``uniform.ours``'s) started at its
+    optimum ``psi``: one diagram."""
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        _, stats = uniform._solve(y, a, density, psi, caps, jnp.asarray(tol, y.dtype), 50)
+        _, stats = uniform._solve(*problem[:3], psi, caps, problem[3], 50)
         jax.block_until_ready(stats)
         times.append(time.perf_counter() - t)
     if int(stats.evaluations) != 1 or not bool(stats.converged):
         raise RuntimeError(f"the solve from the optimum took {int(stats.evaluations)} diagrams")
     seconds = float(np.median(times))
-    return dict(diagram_s=seconds, ns_per_cell=seconds / n * 1e9)
+    return dict(diagram_s=seconds, ns_per_cell=seconds / psi.shape[0] * 1e9)
 
 
 def main():
@@ -100,8 +97,7 @@ def main():
                                                                        "evaluations", "error", "status")},
                        cg=f"{min(solve['cg'])}-{max(solve['cg'])}" if solve["cg"] else "-")
             if solve["status"] == "converged":  # (else the solve from its weights is no single diagram)
-                row.update(time_diagram(np.random.default_rng(0).random((n, d)).astype(args.dtype),
-                                        solve["capacities"], solve["weights"], args.tol))
+                row.update(time_diagram(solve["problem"], solve["capacities"], solve["weights"]))
             else:
                 row.update(diagram_s=float("nan"), ns_per_cell=float("nan"))
             row["peak_gb"] = peak_memory_gb()

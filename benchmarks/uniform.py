@@ -22,7 +22,6 @@ import resource
 import sys
 import time
 
-import equinox as eqx
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdot_jax import Box, enable_compilation_cache
-from sdot_jax.api import _newton_jit, grown_after
+from sdot_jax.api import _newton_jit, _split, grown_after
 from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve.newton import Status
 from sdot_jax.solve.start import initial_weights
@@ -72,7 +71,7 @@ def ours(y: np.ndarray, tol: float, dtype=jnp.float64):
     n, d = y.shape
     yj = jnp.asarray(y, dtype)
     a = jnp.full((n,), 1.0 / n, dtype)
-    density = jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, Box().with_dim(d))
+    density = _split(yj, Box())[1]  # as the public API does: the density in the Diracs' dtype
     psi0 = initial_weights(yj, density)
     caps = Capacities.default(n, d, y)
     tol_arr = jnp.asarray(tol, dtype)
@@ -99,7 +98,7 @@ def ours(y: np.ndarray, tol: float, dtype=jnp.float64):
         seconds=run, cpu=cpu, compile=sum(times) - run * len(times) if len(times) > 1 else times[0] - run,
         iterations=it, evaluations=int(stats.evaluations), cg=steps.tolist(),
         error=float(np.min(np.asarray(stats.residuals))), status="converged" if bool(stats.converged) else Status[stats.status],
-        retries=len(times) - 1, capacities=caps, weights=psi,
+        retries=len(times) - 1, capacities=caps, weights=psi, problem=(yj, a, density, tol_arr),
     )
 
 
