@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import box_halfspaces, reference_diagram
+from hypothesis import given, settings, strategies as st
 
 from sdot_jax import Box
 from sdot_jax.geometry import batches, neighbours
@@ -44,16 +45,14 @@ def test_pools_hold_exactly_the_seeds_of_the_blocks_around():
 
 def test_grid_diagram_partitions_the_square_uniform_and_clustered():
     """At zero weights every cell is certified, the areas sum to the square's, and a sample of
-    cells agrees with scipy's half-space intersection against every seed.  Both clouds share the
-    clustered cloud's (larger) grid capacities: one compilation."""
+    cells agrees with scipy's half-space intersection against every seed.  Each cloud has its own
+    grid: near-cubic cells over its bounding box (`neighbours.cells_per_axis`)."""
     rng = np.random.default_rng(2)
     uniform = rng.random((N, 2))
     clustered = rng.random((N, 2))
     clustered[:, 0] = np.clip(0.5 + 0.01 * rng.standard_normal(N), 0, 1)  # near the line x = 1/2
-    caps = Capacities.default(N, 2, clustered)
-    assert all(a >= b for a, b in zip(caps.grid, Capacities.default(N, 2, uniform).grid))
     for y in (uniform, clustered):
-        d = _diagram(y, np.zeros(N), caps)
+        d = _diagram(y, np.zeros(N), Capacities.default(N, 2, y))
         assert np.asarray(d.certified).all() and not bool(d.short)
         np.testing.assert_allclose(float(d.mass.sum()), 1.0, rtol=1e-12)
         sample = np.arange(0, N, N // 100)
@@ -408,6 +407,36 @@ def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     np.testing.assert_allclose(np.asarray(cut_short[0])[certified], np.asarray(full[0])[certified], rtol=1e-10)
 
 
+def _pool_bound_claims(y, psi, box, grid):
+    """For every cell (clipped by its 32 ranked candidates): whether `within_pool_bounds` claims
+    that no seed outside its ring-1 pool cuts it, the least power margin of those seeds over its
+    vertices (negative: one cuts it), and whether its polygon overflowed."""
+    from sdot_jax.geometry import diagram
+    from sdot_jax.geometry.kernels import kernel_for
+
+    n, d = y.shape
+    kernel = kernel_for(d)
+
+    @jax.jit
+    def search(grid, psi):
+        cand = neighbours.from_grid(y, psi, grid, 32)
+        return cand, neighbours.pool_bounds(grid, neighbours.far_field(grid, psi, y), cand.shift)
+
+    cand, bounds = search(grid, psi)
+    y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
+
+    def check(i):
+        poly = diagram.clip_cell(y[i], psi[i], cand.index[i], y_pad, psi_pad, box, 64 if d == 2 else 128)
+        verts, live = y[i] + poly.vertices, kernel.live_mask(poly)
+        claim = neighbours.within_pool_bounds(bounds, grid, grid.coords[i], y[i], psi[i], verts, live)
+        beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 1, -1)
+        own = jnp.sum((verts - y[i]) ** 2, -1) - psi[i]
+        other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
+        return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf)), poly.overflow
+
+    return (np.asarray(a) for a in jax.jit(lambda r: jax.lax.map(check, r, batch_size=256))(jnp.arange(n)))
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_pool_bounds_are_sound_and_certify_most_cells(d):
     """`neighbours.within_pool_bounds` claims that no seed outside a cell's ring-1 pool cuts it,
@@ -419,45 +448,56 @@ def test_pool_bounds_are_sound_and_certify_most_cells(d):
     pass 65% and 2%); and at zero weights on the seeds' square, where it must certify nearly every
     cell that is truly certifiable (measured: 100% of 100% in 2D, 99.3% of 99.9% in 3D, where the
     ball bound certified 96.5%)."""
-    from sdot_jax.geometry import diagram
-    from sdot_jax.geometry.kernels import kernel_for
-
     n = 3000 if d == 2 else 2500
     rng = np.random.default_rng(7 + d)
     y = jnp.asarray(rng.random((n, d)))
-    kernel = kernel_for(d)
     h2 = n ** (-2 / d)  # squared spacing
     wiggles = np.sin(5 * np.asarray(y) @ rng.standard_normal(d)) + np.cos(3 * np.asarray(y) @ rng.standard_normal(d))
     cases = {"zero": (np.zeros(n), Box().with_dim(d)),
              "affine and wiggles": (0.3 * np.asarray(y) @ rng.standard_normal(d) + 20 * h2 * wiggles
                                     + 0.3 * h2 * rng.standard_normal(n), Box(-1.5 * np.ones(d), 2.5 * np.ones(d)))}
     grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0 if d == 2 else 27.0))
-
-    @jax.jit
-    def search(grid, psi):
-        cand = neighbours.from_grid(y, psi, grid, 32)
-        return cand, neighbours.pool_bounds(grid, neighbours.far_field(grid, psi, y), cand.shift)
-
     for name, (psi, box) in cases.items():
-        psi = jnp.asarray(psi)
-        cand, bounds = search(grid, psi)
-        y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
-
-        def check(i):
-            poly = diagram.clip_cell(y[i], psi[i], cand.index[i], y_pad, psi_pad, box, 64 if d == 2 else 128)
-            verts, live = y[i] + poly.vertices, kernel.live_mask(poly)
-            claim = neighbours.within_pool_bounds(bounds, grid, grid.coords[i], y[i], psi[i], verts, live)
-            beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 1, -1)
-            own = jnp.sum((verts - y[i]) ** 2, -1) - psi[i]
-            other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
-            return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf)), poly.overflow
-
-        claim, worst, overflow = (np.asarray(a) for a in jax.jit(lambda r: jax.lax.map(check, r, batch_size=256))(
-            jnp.arange(n)))
+        claim, worst, overflow = _pool_bound_claims(y, jnp.asarray(psi), box, grid)
         assert not overflow.any()
         assert not np.any(claim & (worst < -1e-12)) and claim.sum() > 0, name  # sound, and not vacuously
         if name == "zero":
             assert claim.mean() >= 0.98 * (worst > 0).mean()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_grid_cells_are_near_cubes_on_an_elongated_box(d):
+    """Seeds uniform in a box 8 times longer along its first axis: the grid has ~8 times more
+    cells along it (not the same count per axis, whose 8:1 cells left most cells of a 10:1
+    rectangle uncertified: 1e4 seeds failed to solve), and the pool bounds certify nearly every
+    cell that is truly certifiable at zero weights, soundly."""
+    n = 3000 if d == 2 else 2500
+    extent = np.array([8.0] + [1.0] * (d - 1))
+    y = jnp.asarray(np.random.default_rng(11 + d).random((n, d)) * extent)
+    cells, *widths = neighbours.grid_capacity(np.asarray(y), 24.0 if d == 2 else 27.0)
+    side = extent / np.array(cells)
+    assert side.max() <= 2 * side.min(), cells
+    claim, worst, overflow = _pool_bound_claims(y, jnp.zeros(n), Box(np.zeros(d), extent),
+                                                neighbours.build_grid(y, cells, *widths))
+    assert not overflow.any() and not np.any(claim & (worst < -1e-12))
+    assert claim.mean() >= 0.98 * (worst > 0).mean() and claim.mean() > 0.9
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=3), st.integers(1, 10**7),
+                  st.sampled_from([8.0, 24.0, 40.0]))
+def test_cells_per_axis_are_near_cubes_holding_about_the_asked_count(extent, n, per_cell):
+    """A grid cell's sides (extent / cells along each axis) lie in [s / 2, s], s the side of a
+    cube holding ``per_cell`` seeds on average, except along axes shorter than s (one cell)."""
+    extent = np.array(extent)
+    extent = np.maximum(extent, extent.max() / neighbours.MAX_ASPECT)
+    cells = np.array(neighbours.cells_per_axis(extent, n, per_cell))
+    s = (np.prod(extent) * per_cell / n) ** (1 / len(extent))
+    sides = extent / cells
+    long = extent >= s
+    assert np.all(sides <= s * (1 + 1e-9))
+    assert np.all(sides[long] >= s / 2 * (1 - 1e-9))
+    assert np.all(cells[~long] == 1)
 
 
 def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():

@@ -51,7 +51,7 @@ class Capacities(eqx.Module):
     vertices: int = eqx.field(static=True)
     candidates: int = eqx.field(static=True)
     fallback: int = eqx.field(static=True)
-    grid: tuple[int, int, int] | None = eqx.field(static=True)
+    grid: tuple[tuple[int, ...], int, int] | None = eqx.field(static=True)
     window: int | None = eqx.field(static=True, default=None)
 
     @staticmethod
@@ -69,7 +69,7 @@ class Capacities(eqx.Module):
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
                 g, occupancy = max(1, math.ceil((n / per_cell) ** (1 / d))), int(per_cell * 4 + 8)
-                grid = (g, 3**d * occupancy, 5**d * occupancy)
+                grid = ((g,) * d, 3**d * occupancy, 5**d * occupancy)
         # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
         # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
         # far-field bound of the first ring, not the second), more during the first Newton

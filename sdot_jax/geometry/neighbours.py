@@ -134,7 +134,7 @@ class Grid(eqx.Module):
     position: Int[Array, " n"]  # ... seed i is order[position[i]]
     start: Int[Array, " G"]  # ... grid cell c holds order[start[c] : start[c] + count[c]]
     count: Int[Array, " G"]
-    cells: int = eqx.field(static=True)  # per axis
+    cells: tuple[int, ...] = eqx.field(static=True)  # per axis
     widths: tuple[int, int] = eqx.field(static=True)  # pool slots, rings 1 and 2
 
 
@@ -145,17 +145,26 @@ def scaled(grid: Grid, factor: Float[Array, ""]) -> Grid:
                         grid.reach * factor.astype(grid.reach.dtype)))
 
 
-def _coarse(cells: int) -> tuple[int, int]:
-    """(grid cells per coarse block along an axis, coarse blocks per axis), balancing the
-    (g/C)^d coarse and (2C)^d fine tests of `excluded`."""
-    c = max(2, round(math.sqrt(cells / 2)))
-    return c, -(-cells // c)
+def _coarse(cells: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(grid cells per coarse block along every axis, coarse blocks per axis), balancing the
+    (g/C)^d coarse and (2C)^d fine tests of `excluded` (g: the geometric mean of the cells per
+    axis)."""
+    c = max(2, round(math.sqrt(math.prod(cells) ** (1 / len(cells)) / 2)))
+    return c, tuple(-(-g // c) for g in cells)
 
 
-def _flat(coords: Int[Array, "... d"], cells: int) -> Int[Array, "..."]:
-    """Flat index of grid coordinates on a ``cells^d`` grid (first axis fastest)."""
-    d = coords.shape[-1]
-    return coords @ jnp.array([cells**k for k in range(d)], jnp.int32)
+def _flat(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Int[Array, "..."]:
+    """Flat index of grid coordinates on a ``cells[0] x cells[1] x ...`` grid (first axis
+    fastest)."""
+    return coords @ jnp.array([math.prod(cells[:k]) for k in range(len(cells))], jnp.int32)
+
+
+def _inside(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Bool[Array, "..."]:
+    return jnp.all((coords >= 0) & (coords < jnp.array(cells, jnp.int32)), -1)
+
+
+def _clip(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Int[Array, "... d"]:
+    return jnp.clip(coords, 0, jnp.array(cells, jnp.int32) - 1)
 
 
 class FarField(eqx.Module):
@@ -185,20 +194,20 @@ def _affine_bound(y, psi, block, count: int, centre):
 
 
 def far_field(grid: Grid, psi: Float[Array, " n"], y: Float[Array, "n d"]) -> FarField:
-    g, d = grid.cells, grid.coords.shape[1]
+    g = grid.cells
     c, gc = _coarse(g)
     lo, size = grid.lo.astype(y.dtype), grid.size.astype(y.dtype)
-    fine_centres = lo + (_unflat(g**d, g, d) + 0.5) * size
-    coarse_centres = lo + (_unflat(gc**d, gc, d) + 0.5) * c * size
-    fine = _affine_bound(y, psi, _flat(grid.coords, g), g**d, fine_centres)
-    coarse = _affine_bound(y, psi, _flat(grid.coords // c, gc), gc**d, coarse_centres)
+    fine_centres = lo + (_unflat(g) + 0.5) * size
+    coarse_centres = lo + (_unflat(gc) + 0.5) * c * size
+    fine = _affine_bound(y, psi, _flat(grid.coords, g), math.prod(g), fine_centres)
+    coarse = _affine_bound(y, psi, _flat(grid.coords // c, gc), math.prod(gc), coarse_centres)
     return FarField(*fine, *coarse)
 
 
-def _unflat(count: int, cells: int, d: int) -> Int[Array, "count d"]:
-    """Grid coordinates of the flat indices 0..count-1 (inverse of `_flat`)."""
-    flat = jnp.arange(count, dtype=jnp.int32)
-    return jnp.stack([(flat // cells**k) % cells for k in range(d)], -1)
+def _unflat(cells: tuple[int, ...]) -> Int[Array, "G d"]:
+    """Grid coordinates of every flat index, in order (inverse of `_flat`)."""
+    flat = jnp.arange(math.prod(cells), dtype=jnp.int32)
+    return jnp.stack([(flat // math.prod(cells[:k])) % g for k, g in enumerate(cells)], -1)
 
 
 def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
@@ -215,9 +224,9 @@ def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
 
     offsets = jnp.asarray(np.array(list(itertools.product(range(window * c), repeat=d)), np.int32))
     f = base * c + offsets
-    in_grid = jnp.all((f >= 0) & (f < g), -1)
+    in_grid = _inside(f, g)
     in_pool = jnp.all(jnp.abs(f - coords) <= ring, -1)
-    flat = _flat(jnp.clip(f, 0, g - 1), g)
+    flat = _flat(_clip(f, g), g)
     fine = (jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
             field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
 
@@ -229,11 +238,10 @@ def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
 def _coarse_blocks(grid: Grid, field: FarField, dtype):
     """Every coarse block's coordinates and (top, slope, largest, lo, hi), its box widened by the
     bucketing slack (`_slack`); empty blocks have top = -inf."""
-    g, d = grid.cells, grid.coords.shape[1]
-    c, gc = _coarse(g)
+    c, gc = _coarse(grid.cells)
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     slack = _slack(grid, dtype)
-    blocks = jnp.asarray(np.array(list(itertools.product(range(gc), repeat=d)), np.int32)[:, ::-1])
+    blocks = _unflat(gc)
     flat = _flat(blocks, gc)
     return blocks, (field.coarse_top[flat], field.coarse_slope[flat], field.coarse_largest[flat],
                     lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack)
@@ -241,7 +249,7 @@ def _coarse_blocks(grid: Grid, field: FarField, dtype):
 
 def _slack(grid: Grid, dtype):
     """How far a seed may lie outside its grid cell's box: it was bucketed in float32."""
-    return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + grid.cells * jnp.max(grid.size.astype(dtype)))
+    return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + max(grid.cells) * jnp.max(grid.size.astype(dtype)))
 
 
 def _box_gap(lo_a, hi_a, lo_b, hi_b):
@@ -378,8 +386,8 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
     slack = _slack(grid, dtype)
     hard = HARD[min(d, 3)] if hard is None else hard
     cell = _flat(grid.coords, g)
-    count = jax.ops.segment_sum(jnp.ones_like(cell), cell, g**d)
-    mean_shift = jax.ops.segment_sum(shift, cell, g**d) / jnp.maximum(count, 1)[:, None]
+    count = jax.ops.segment_sum(jnp.ones_like(cell), cell, math.prod(g))
+    mean_shift = jax.ops.segment_sum(shift, cell, math.prod(g)) / jnp.maximum(count, 1)[:, None]
     gauges = jnp.stack([mean_shift, jnp.zeros_like(mean_shift)], 1)  # (G, 2, d)
     reach = ring + fine_ring
     offsets = np.array(list(itertools.product(range(-reach, reach + 1), repeat=d)), np.int32)
@@ -391,8 +399,8 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
 
     def one(coords, gauge):
         f = coords + offsets
-        flat = _flat(jnp.clip(f, 0, g - 1), g)
-        fine = (jnp.where(jnp.all((f >= 0) & (f < g), -1), field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
+        flat = _flat(_clip(f, g), g)
+        fine = (jnp.where(_inside(f, g), field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
                 field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
         top, slope, largest, block_lo, block_hi = (jnp.concatenate(pair) for pair in zip(fine, coarse))
         mid, half = 0.5 * (block_lo + block_hi), 0.5 * (block_hi - block_lo)
@@ -412,7 +420,7 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
 
         return jax.vmap(per_gauge)(gauge)
 
-    out = jax.lax.map(lambda a: one(*a), (_unflat(g**d, g, d), gauges), batch_size=min(256, g**d))
+    out = jax.lax.map(lambda a: one(*a), (_unflat(g), gauges), batch_size=min(256, math.prod(g)))
     return PoolBounds(gauges, *out, widen=tuple(widen), reach=reach)
 
 
@@ -449,39 +457,57 @@ def within_pool_bounds(bounds: PoolBounds, grid: Grid, coords, seed, weight, ver
     return jnp.any(hard_ok & rest_ok)
 
 
-def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[int, int, int]:
+#: The grid's longest to shortest axis ratio at most (Diracs on a segment or plane: the flat axes
+#: are stretched to this, to keep the cell count finite).
+MAX_ASPECT = 1e3
+
+
+def cells_per_axis(extent: np.ndarray, n: int, per_cell: float) -> tuple[int, ...]:
+    """Grid cells per axis for ``n`` seeds spread over a box of sides ``extent``: near-cubic grid
+    cells holding ``per_cell`` seeds on average (a grid of equal counts per axis over a 10:1 box
+    has 10:1 cells, whose ring-1 pools reach a tenth as far along the long axis)."""
+    d = len(extent)
+    extent = np.maximum(np.asarray(extent, np.float64), np.max(extent) / MAX_ASPECT)
+    if not np.all(extent > 0):
+        extent = np.ones(d)
+    side = (np.prod(extent) * per_cell / n) ** (1.0 / d)
+    return tuple(int(max(1, math.ceil(e / side - 1e-9))) for e in extent)
+
+
+def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[tuple[int, ...], int, int]:
     """(cells per axis, ring-1 and ring-2 pool widths) for concrete seeds, to size the grid's
     buffers: the most seeds in the 3^d and 5^d grid cells around a seed's own, bucketed in float32
     as `build_grid` does, plus a margin of 4."""
     n, d = y.shape
-    g = max(1, int(math.ceil((n / per_cell) ** (1.0 / d))))
     y = np.asarray(y, np.float32)
     lo, hi = y.min(0), y.max(0)
-    size = np.where(hi > lo, (hi - lo) / np.float32(g), np.float32(1.0))
-    coords = np.clip(np.floor((y - lo) / size).astype(np.int64), 0, g - 1)
-    counts = np.bincount(np.ravel_multi_index(coords.T, (g,) * d), minlength=g**d).reshape((g,) * d)
+    g = cells_per_axis(hi.astype(np.float64) - lo, n, per_cell)
+    cells = np.array(g, np.float32)
+    size = np.where(hi > lo, (hi - lo) / cells, np.float32(1.0))
+    coords = np.clip(np.floor((y - lo) / size).astype(np.int64), 0, np.array(g) - 1)
+    counts = np.bincount(np.ravel_multi_index(coords.T, g), minlength=math.prod(g)).reshape(g)
     widths = []
     for ring in (1, 2):
         padded = np.pad(counts, ring)
-        block = sum(padded[tuple(slice(o, o + g) for o in offset)]
+        block = sum(padded[tuple(slice(o, o + c) for o, c in zip(offset, g))]
                     for offset in itertools.product(range(2 * ring + 1), repeat=d))
         widths.append(int(block[counts > 0].max()) + 4)
     return g, widths[0], widths[1]
 
 
-def build_grid(y: Float[Array, "n d"], cells_per_axis: int, width: int, ring2_width: int) -> Grid:
-    """Bucket the seeds and gather every seed's ring-1 pool (see `ring_pool`); the pool widths
-    from `grid_capacity`."""
+def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: int, ring2_width: int) -> Grid:
+    """Bucket the seeds and gather every seed's ring-1 pool (see `ring_pool`); the cells per axis
+    and pool widths from `grid_capacity`."""
     n, d = y.shape
-    g = cells_per_axis
+    g = tuple(cells_per_axis)
     y = y.astype(jnp.float32)
     lo, hi = y.min(0), y.max(0)
-    size = jnp.where(hi > lo, (hi - lo) / g, 1.0)
-    coords = jnp.clip(jnp.floor((y - lo) / size).astype(jnp.int32), 0, g - 1)
+    size = jnp.where(hi > lo, (hi - lo) / jnp.array(g, jnp.float32), 1.0)
+    coords = _clip(jnp.floor((y - lo) / size).astype(jnp.int32), g)
     cell = _flat(coords, g)
     order = jnp.argsort(cell).astype(jnp.int32)
     sorted_cell = cell[order]
-    all_cells = jnp.arange(g**d, dtype=jnp.int32)
+    all_cells = jnp.arange(math.prod(g), dtype=jnp.int32)
     start = jnp.searchsorted(sorted_cell, all_cells, side="left").astype(jnp.int32)
     count = jnp.searchsorted(sorted_cell, all_cells, side="right").astype(jnp.int32) - start
     position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
@@ -503,8 +529,8 @@ def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Arr
     coords = grid.coords[rows]
     offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
     around = coords[:, None, :] + offsets[None]  # (b, (2 ring + 1)^d, d)
-    inside = jnp.all((around >= 0) & (around < g), -1)
-    around_cell = _flat(jnp.clip(around, 0, g - 1), g)
+    inside = _inside(around, g)
+    around_cell = _flat(_clip(around, g), g)
     count = jnp.where(inside, grid.count[around_cell], 0)
     end = jnp.cumsum(count, -1)  # slots [end - count, end) hold the seeds of each grid cell
     slot = jnp.arange(width, dtype=jnp.int32)
@@ -518,7 +544,7 @@ def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Arr
     block_lo = grid.lo + (coords - ring) * grid.size
     block_hi = grid.lo + (coords + ring + 1) * grid.size
     gap_lo = jnp.where(coords - ring > 0, y_rows - block_lo, jnp.inf)
-    gap_hi = jnp.where(coords + ring + 1 < g, block_hi - y_rows, jnp.inf)
+    gap_hi = jnp.where(coords + ring + 1 < jnp.array(g, jnp.int32), block_hi - y_rows, jnp.inf)
     reach = jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
     return pool, jnp.where(end[:, -1] > width, 0.0, reach)
 
@@ -534,8 +560,7 @@ def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"], rin
     coords = grid.coords[rows]
     offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
     around = coords[:, None, :] + offsets[None]
-    inside = jnp.all((around >= 0) & (around < g), -1)
-    count = jnp.where(inside, grid.count[_flat(jnp.clip(around, 0, g - 1), g)], 0)
+    count = jnp.where(_inside(around, g), grid.count[_flat(_clip(around, g), g)], 0)
     begin = jnp.cumsum(count, -1) - count  # (b, side^d)
     member = jnp.minimum(index, n - 1)
     step = grid.coords[member] - coords[:, None, :]  # (b, m, d)
@@ -555,18 +580,18 @@ def pool_gauges(grid: Grid, y: Float[Array, "n d"], psi: Float[Array, " n"]) -> 
     over its pool costs O(pool x d^2) per seed (`_gauge`; 3D 1e4 uniform seeds: 105 of the 325 ms
     of the candidate search)."""
     g, d = grid.cells, y.shape[1]
-    count = g**d
+    count = math.prod(g)
     size = grid.size.astype(y.dtype)
-    coords = _unflat(count, g, d)
+    coords = _unflat(g)
     cell = _flat(grid.coords, g)
     z = y - (grid.lo.astype(y.dtype) + (grid.coords + 0.5) * size)  # about the seed's grid cell centre
     sums = [jax.ops.segment_sum(x, cell, count) for x in
             (jnp.ones_like(psi), z, z[:, :, None] * z[:, None, :], psi, z * psi[:, None])]
     offsets = jnp.asarray(np.array(list(itertools.product((-1, 0, 1), repeat=d)), np.int32))
     around = coords[:, None, :] + offsets[None]  # (G, 3^d, d)
-    inside = jnp.all((around >= 0) & (around < g), -1)
+    inside = _inside(around, g)
     ones, first, second, value, moment = (
-        jnp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 1)), x[_flat(jnp.clip(around, 0, g - 1), g)], 0)
+        jnp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 1)), x[_flat(_clip(around, g), g)], 0)
         for x in sums)
     t = offsets.astype(y.dtype) * size  # a neighbour's z about G's centre is z + t
     first_g = jnp.sum(first + ones[..., None] * t, 1)

@@ -37,11 +37,14 @@ COARSEST = 400  # dense Cholesky below this size
 
 
 def morton_order(y: Float[Array, "n d"]) -> Int[Array, " n"]:
-    """Permutation sorting the seeds along a Z-order curve (30-bit codes, int32)."""
+    """Permutation sorting the seeds along a Z-order curve (30-bit codes, int32) on a cube around
+    them (the same scale on every axis: aggregates of consecutive seeds stay round in an elongated
+    cloud, where a curve per axis would make them as elongated as the cloud)."""
     n, d = y.shape
     bits = max(1, 30 // d)
     lo, hi = jnp.min(y, 0), jnp.max(y, 0)
-    scaled = (y - lo) / jnp.where(hi > lo, hi - lo, 1.0)
+    side = jnp.max(hi - lo)
+    scaled = (y - lo) / jnp.where(side > 0, side, 1.0)
     q = jnp.clip((scaled * (2**bits)).astype(jnp.int32), 0, 2**bits - 1)
     code = jnp.zeros((n,), jnp.int32)
     for b in range(bits):
