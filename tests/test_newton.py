@@ -82,6 +82,28 @@ def test_short_fallback_stops_and_is_grown():
     np.testing.assert_allclose(np.asarray(plan.cell_masses), 1 / n, rtol=1e-12)
 
 
+def test_a_short_fallback_grows_the_ring_stage_then_the_exhaustive_stage():
+    """`api.grown_after`: a short fallback doubles the ring stage's rows up to n, then the
+    exhaustive stage's (from its default ~2^24 / n), up to n; then nothing grows (the driver
+    raises)."""
+    from types import SimpleNamespace
+
+    n = 10**5
+    stats = SimpleNamespace(fallback_short=True, vertex_overflow=False, uncertified=True)
+    caps = Capacities(16, 32, n // 3, ((65, 65), 272, 695))
+    seen = [caps]
+    while True:
+        grown = api.grown_after(seen[-1], stats, n)
+        if grown == seen[-1]:
+            break
+        seen.append(grown)
+    assert [c.fallback for c in seen] == [n // 3, 2 * (n // 3), n] + [n] * (len(seen) - 3)
+    exhaustive = [c.exhaustive_rows(n) for c in seen[2:]]
+    assert exhaustive[0] == 2**24 // n and exhaustive[-1] == n
+    assert all(b == min(2 * a, n) for a, b in zip(exhaustive, exhaustive[1:]))
+    assert all(c.candidates == 32 and c.vertices == 16 for c in seen)
+
+
 def test_float32_solve_reaches_its_tolerance_in_exact_arithmetic():
     """float32 Diracs solve in float32 (default tol 1e-4, the README's claim) in 2D and in 3D: every
     output stays float32, and the cells of the float32 weights, recomputed in float64 by scipy

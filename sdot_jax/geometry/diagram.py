@@ -46,6 +46,10 @@ class Capacities(eqx.Module):
       axis that one cell may span (their integrals cost O(window) per edge in 2D, more for
       higher degrees and in 3D); ``None``: the density's own ``window``.  A cell that spans more
       gets NaN moments, never a truncated integral.
+    - `exhaustive`: with the grid search, cells per diagram that the last fallback stage may
+      redo against every seed (O(n) each); ``None``: ~2^24 / n (a fixed budget of seed pairs),
+      grown up to n by the eager driver when cells far longer than the grid's cells are more
+      (Diracs drawn from a Gaussian, at the start: their sparse tails).
     """
 
     vertices: int = eqx.field(static=True)
@@ -53,6 +57,7 @@ class Capacities(eqx.Module):
     fallback: int = eqx.field(static=True)
     grid: tuple[tuple[int, ...], int, int] | None = eqx.field(static=True)
     window: int | None = eqx.field(static=True, default=None)
+    exhaustive: int | None = eqx.field(static=True, default=None)
 
     @staticmethod
     def default(n: int, d: int, y=None) -> "Capacities":
@@ -80,8 +85,12 @@ class Capacities(eqx.Module):
         fallback = min(n, max(64, n // (6 if d <= 2 else 3)) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
+    def exhaustive_rows(self, n: int) -> int:
+        """Cells per diagram the grid search's exhaustive stage may redo (see `exhaustive`)."""
+        return min(n, max(64, 2**24 // n)) if self.exhaustive is None else min(n, self.exhaustive)
+
     def grown(self, *, vertices: bool = False, candidates: bool = False, fallback: bool = False,
-              n: int = 0, window: int | None = None) -> "Capacities":
+              exhaustive: bool = False, n: int = 0, window: int | None = None) -> "Capacities":
         """Doubled where asked (``window``: the new window, when it must change)."""
         return Capacities(
             self.vertices * 2 if vertices else self.vertices,
@@ -89,6 +98,7 @@ class Capacities(eqx.Module):
             min(self.fallback * 2, n) if candidates or fallback else self.fallback,
             self.grid,
             self.window if window is None else window,
+            min(2 * self.exhaustive_rows(n), n) if exhaustive else self.exhaustive,
         )
 
 
@@ -671,7 +681,7 @@ def power_diagram(
     short = jnp.array(False)
     if k2 > k:
         if capacities.grid is not None:
-            size = min(n, max(64, 2**24 // n))
+            size = capacities.exhaustive_rows(n)
             stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
 
             def ring_pass(carry, at_vertices):
