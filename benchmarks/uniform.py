@@ -84,7 +84,7 @@ def ours(y: np.ndarray, tol: float, dtype=jnp.float64):
         times.append(time.perf_counter() - t)
         print(f"  ours, call {len(times)} (compiles): {times[-1]:.1f} s, status {Status[stats.status]}",
               file=sys.stderr, flush=True)
-        if not bool(stats.status == Status.capacity) or len(times) > 6:  # Status.capacity: grow and retry
+        if not bool(stats.status == Status.capacity) or len(times) > 12:  # Status.capacity: grow and retry
             break
         caps = grown_after(caps, stats, n)  # as the public API grows them
     # The timed run: from the initial weights, with the capacities the retries settled on.

@@ -187,11 +187,8 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         if short and grown == capacities:
             raise RuntimeError(
                 f"more power cells were left uncertified by the grid neighbour search than the "
-                f"fallback stages can redo, with every cell in the fallback ({capacities}).  The "
-                "search's certificate assumes weights close to affine over a few grid cells, and "
-                "the exhaustive stage redoes a fixed number of cells; many cells far longer than "
-                "the Diracs' spacing (e.g. Diracs clustered near a line) exceed both at n > 4096 "
-                "(a known limitation, see the README)."
+                f"fallback stages can redo, with every cell in both fallback stages ({capacities}): "
+                "the input is degenerate (e.g. non-finite weights)."
             )
         if grown == capacities or grown.vertices > 4096 or grown.candidates > 8 * first.candidates:
             raise RuntimeError(
