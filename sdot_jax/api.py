@@ -155,9 +155,11 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         raise ValueError(f"`weights` must have shape ({n},), got {psi.shape}.")
     memory_key = (n, d, type(density).__name__, str(dtype))
     if capacities is None:
-        capacities = _grown_capacities.get(memory_key) or Capacities.default(
-            n, d, None if traced else np.asarray(y)
-        )
+        capacities = Capacities.default(n, d, None if traced else np.asarray(y))
+        grown = _grown_capacities.get(memory_key)
+        if grown is not None:  # the grown counts, on this cloud's own grid (its shape may differ)
+            capacities = Capacities(grown.vertices, grown.candidates, grown.fallback, capacities.grid, grown.window,
+                                    grown.exhaustive)
     if capacities.window is None and hasattr(density, "initial_window") and not traced:
         capacities = capacities.grown(window=density.initial_window(n))
     tol_arr = jnp.asarray(tol, dtype)

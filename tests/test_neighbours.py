@@ -489,9 +489,10 @@ def test_grid_cells_are_near_cubes_on_an_elongated_box(d):
 def test_cells_per_axis_are_near_cubes_holding_about_the_asked_count(extent, n, per_cell):
     """A grid cell's sides (extent / cells along each axis) lie in [s / 2, s], s the side of a
     cube holding ``per_cell`` seeds on average, except along axes shorter than s (one cell)."""
-    extent = np.array(extent)
-    extent = np.maximum(extent, extent.max() / neighbours.MAX_ASPECT)
+    raw = np.array(extent)
+    extent = np.maximum(raw, raw.max() / neighbours.MAX_ASPECT)  # flatter axes count as this flat
     cells = np.array(neighbours.cells_per_axis(extent, n, per_cell))
+    assert tuple(cells) == neighbours.cells_per_axis(raw, n, per_cell)
     s = (np.prod(extent) * per_cell / n) ** (1 / len(extent))
     sides = extent / cells
     long = extent >= s

@@ -98,7 +98,7 @@ class Capacities(eqx.Module):
             min(self.fallback * 2, n) if candidates or fallback else self.fallback,
             self.grid,
             self.window if window is None else window,
-            min(2 * self.exhaustive_rows(n), n) if exhaustive else self.exhaustive,
+            min(2 * self.exhaustive_rows(n), n) if exhaustive and self.exhaustive_rows(n) < n else self.exhaustive,
         )
 
 

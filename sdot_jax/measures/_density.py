@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -50,6 +51,10 @@ class AbstractDensity(eqx.Module):
     @abc.abstractmethod
     def facet_mass(self, origin: Float[Array, " d"], facet: Float[Array, "d d"]) -> Float[Array, ""]:
         r"""$\int_F \rho\, d\sigma$ over the $(d-1)$-simplex $F = origin + \mathrm{conv}(facet)$."""
+
+    #: Whether the density's support is its bounding box cut by `half_spaces` (convex): the start
+    #: may then send Diracs anywhere in that box (`sdot_jax.solve.start`).  Meshes say no.
+    convex_support: ClassVar[bool] = True
 
     def interior_point(self) -> Float[Array, " d"]:
         """A point where the density is positive, towards which outside Diracs are pulled at start."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -340,6 +340,7 @@ class Mesh(AbstractDensity):
     nodes: Float[Array, "N d"]
     simplices: Int[Array, "E d+1"]
     values: Float[Array, " N"]
+    convex_support: ClassVar[bool] = False  # the separable start could put a Dirac's cell in a hole
 
     def __init__(self, nodes: Any, simplices: Any, values: Any = None):
         nodes = as_float_array(nodes, "nodes")
