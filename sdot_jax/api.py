@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import equinox as eqx
@@ -158,8 +159,7 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         capacities = Capacities.default(n, d, None if traced else np.asarray(y))
         grown = _grown_capacities.get(memory_key)
         if grown is not None:  # the grown counts, on this cloud's own grid (its shape may differ)
-            capacities = Capacities(grown.vertices, grown.candidates, grown.fallback, capacities.grid, grown.window,
-                                    grown.exhaustive)
+            capacities = dataclasses.replace(grown, grid=capacities.grid)
     if capacities.window is None and hasattr(density, "initial_window") and not traced:
         capacities = capacities.grown(window=density.initial_window(n))
     tol_arr = jnp.asarray(tol, dtype)

@@ -21,11 +21,11 @@ were right.
 from __future__ import annotations
 
 import functools
-import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import batches, neighbours
@@ -73,8 +73,8 @@ class Capacities(eqx.Module):
             if y is not None:
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
-                g, occupancy = max(1, math.ceil((n / per_cell) ** (1 / d))), int(per_cell * 4 + 8)
-                grid = ((g,) * d, 3**d * occupancy, 5**d * occupancy)
+                occupancy = int(per_cell * 4 + 8)
+                grid = (neighbours.cells_per_axis(np.ones(d), n, per_cell), 3**d * occupancy, 5**d * occupancy)
         # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
         # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
         # far-field bound of the first ring, not the second), more during the first Newton

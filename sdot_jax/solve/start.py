@@ -35,17 +35,16 @@ from jaxtyping import Array, Float
 
 def _monotone_potential(t: Float[Array, " n"], lo, hi) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
     r"""$U(t)$ and $U'(t) = T(t)$ at the coordinates ``t``, for the piecewise linear increasing $T$
-    through the points (order statistic $t_{(k)}$, $lo + (hi - lo)(k + 1/2) / n$), $U(\min t) = 0$.
-    Repeated coordinates make $T$ jump and $U$ kink: still convex."""
+    through the points (order statistic $t_{(k)}$, $q_k = lo + (hi - lo)(k + 1/2) / n$),
+    $U(\min t) = 0$: every $t$ is a knot, where $U$ sums the trapezoids below it.  Repeated
+    coordinates make $T$ jump and $U$ kink (still convex); each copy gets its own $q_k$, a
+    subgradient there."""
     n = t.shape[0]
-    p = jnp.sort(t)
+    order = jnp.argsort(t)
+    p = t[order]
     q = lo + (hi - lo) * (jnp.arange(n, dtype=t.dtype) + 0.5) / n
-    dp, dq = jnp.diff(p), jnp.diff(q)
-    at_knots = jnp.concatenate([jnp.zeros((1,), t.dtype), jnp.cumsum(0.5 * (q[1:] + q[:-1]) * dp)])
-    j = jnp.clip(jnp.searchsorted(p, t, side="right") - 1, 0, n - 2)
-    slope = jnp.where(dp[j] > 0, dq[j] / jnp.where(dp[j] > 0, dp[j], 1.0), 0.0)
-    s = t - p[j]
-    return at_knots[j] + s * q[j] + 0.5 * slope * s**2, q[j] + slope * s
+    at_knots = jnp.concatenate([jnp.zeros((1,), t.dtype), jnp.cumsum(0.5 * (q[1:] + q[:-1]) * jnp.diff(p))])
+    return jnp.zeros_like(t).at[order].set(at_knots), jnp.zeros_like(t).at[order].set(q)
 
 
 def initial_weights(y: Float[Array, "n d"], density) -> Float[Array, " n"]:
@@ -60,7 +59,7 @@ def initial_weights(y: Float[Array, "n d"], density) -> Float[Array, " n"]:
         scale = jnp.where(y_radius > 0, radius / jnp.where(y_radius > 0, y_radius, 1.0), 1.0)
         z = mean + scale * (y - y_mean)
         u = y @ mean + 0.5 * scale * jnp.sum((y - y_mean) ** 2, -1)
-    elif n > 1 and density.convex_support:
+    elif density.convex_support:
         per_axis = [_monotone_potential(y[:, a], lo[a], hi[a]) for a in range(d)]
         u = sum(potential for potential, _ in per_axis)
         z = jnp.stack([gradient for _, gradient in per_axis], 1)
