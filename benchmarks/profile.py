@@ -6,6 +6,7 @@
     python benchmarks/profile.py 2 1e4 optimal prior loops  # ... ranking the optimum's neighbours
                                                     # first and clipping with loops (as Newton does)
     python benchmarks/profile.py 2 1e4 sorted       # Diracs numbered along a Z curve
+    python benchmarks/profile.py 2 1e4 clustered optimal   # points of `uniform.points` (or gaussian)
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping (by every candidate, and in two where the first pass splits it), integration,
@@ -25,8 +26,10 @@ import numpy as np  # noqa: E402
 
 from sdot_jax import Box, Image  # noqa: E402
 from sdot_jax.geometry import diagram as dg, neighbours  # noqa: E402
+from sdot_jax.geometry.gauge import axis_gauge  # noqa: E402
 from sdot_jax.geometry.kernels import kernel_for  # noqa: E402
 from sdot_jax.solve import linear, multigrid  # noqa: E402
+from uniform import points  # noqa: E402
 
 
 def timeit(name, f, *args, reps=3):
@@ -47,12 +50,13 @@ def timeit(name, f, *args, reps=3):
 
 def main():
     d, n = int(sys.argv[1]), int(float(sys.argv[2]))
-    y = jnp.asarray(np.random.default_rng(0).random((n, d)))
+    case = next((c for c in ("clustered", "gaussian") if c in sys.argv[3:]), "uniform")
+    y = jnp.asarray(points(case, n, d, np.random.default_rng(0)))
     if "sorted" in sys.argv[3:]:
         y = y[multigrid.morton_order(y)]
     psi = jnp.zeros(n)
     density = Box().with_dim(d)
-    caps = dg.Capacities.default(n, d, np.asarray(y))
+    caps = dg.Capacities.default(n, d, np.asarray(y), density)
     if len(sys.argv) > 3 and sys.argv[3] == "image":  # pixels 1 or 90 at random (issue 4's hard image)
         density = Image(np.where(np.random.default_rng(0).random((32, 32)) < 0.5, 1.0, 90.0))
         window = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4].isdigit() else None
@@ -61,6 +65,10 @@ def main():
     if "optimal" in sys.argv[3:]:
         from sdot_jax import optimal_transport_plan
         psi = optimal_transport_plan(y, density, tol=1e-6, capacities=caps).weights
+    # The stages below run where `power_diagram` runs them: in the axis gauge (the identity for
+    # uniform points; applied twice, it is the identity the second time).
+    axes = axis_gauge(y, density)
+    y, psi, density = axes.seeds(y), axes.weights(y, psi), axes.density(density)
     print(caps)
     prior = None
     if "prior" in sys.argv[3:]:

@@ -64,6 +64,8 @@ def points(case: str, n: int, d: int, rng) -> np.ndarray:
         y = rng.random((n, d))
         y[:, 0] = np.clip(0.5 + 0.02 * rng.standard_normal(n), 0, 1)
         return y
+    if case == "gaussian":  # drawn from N(1/2, 0.1^2) per axis, clipped to the unit square/cube
+        return np.clip(0.5 + 0.1 * rng.standard_normal((n, d)), 0, 1)
     raise ValueError(case)
 
 
@@ -73,7 +75,7 @@ def ours(y: np.ndarray, tol: float, dtype=jnp.float64):
     a = jnp.full((n,), 1.0 / n, dtype)
     density = _split(yj, Box())[1]  # as the public API does: the density in the Diracs' dtype
     psi0 = initial_weights(yj, density)
-    caps = Capacities.default(n, d, y)
+    caps = Capacities.default(n, d, y, density)
     tol_arr = jnp.asarray(tol, dtype)
     times = []
     psi = psi0

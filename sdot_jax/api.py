@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._jit import jit
-from .geometry.diagram import Capacities, power_diagram
-from .geometry import neighbours
+from .geometry.diagram import Capacities, grid_for, power_diagram
 from .measures._density import AbstractDensity
 from .measures.diracs import SumOfDiracs
 from .plan import TransportPlan
@@ -75,8 +74,7 @@ _grown_capacities: dict[tuple, Capacities] = {}
 
 @jit
 def _final_diagram(y, psi, density, capacities: Capacities):
-    grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
-    return power_diagram(y, psi, density, capacities, grid)
+    return power_diagram(y, psi, density, capacities, grid_for(y, density, capacities))
 
 
 def optimal_transport_plan(
@@ -156,7 +154,7 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         raise ValueError(f"`weights` must have shape ({n},), got {psi.shape}.")
     memory_key = (n, d, type(density).__name__, str(dtype))
     if capacities is None:
-        capacities = Capacities.default(n, d, None if traced else np.asarray(y))
+        capacities = Capacities.default(n, d, None if traced else np.asarray(y), density)
         grown = _grown_capacities.get(memory_key)
         if grown is not None:  # the grown counts, on this cloud's own grid (its shape may differ)
             capacities = dataclasses.replace(grown, grid=capacities.grid)

@@ -10,8 +10,7 @@ from jaxtyping import Array, Float
 
 from ._jit import jit
 from .api import optimal_transport_plan
-from .geometry import neighbours
-from .geometry.diagram import power_diagram
+from .geometry.diagram import grid_for, power_diagram
 from .plan import TransportPlan
 
 
@@ -31,10 +30,7 @@ def dual_value(plan: TransportPlan) -> Float[Array, ""]:
 @jit
 def _dual(y, a, psi, density, capacities):
     psi = jax.lax.stop_gradient(psi)
-    grid = None
-    if capacities.grid is not None:
-        grid = neighbours.build_grid(jax.lax.stop_gradient(y), *capacities.grid)
-    diagram = power_diagram(y, psi, density, capacities, grid)
+    diagram = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities))
     second = jnp.trace(diagram.second_moment, axis1=1, axis2=2)
     cells = jnp.sum(second - psi * diagram.mass) / density.total_mass()
     return jnp.sum(a * psi) + cells

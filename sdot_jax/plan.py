@@ -9,8 +9,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._extremes import largest
-from .geometry import neighbours
-from .geometry.diagram import Capacities, Diagram, clip_cell, power_diagram
+from .geometry.diagram import Capacities, Diagram, clip_cell, grid_for, power_diagram
 from .geometry.kernels import kernel_for
 from .measures._density import AbstractDensity
 from .measures.diracs import SumOfDiracs
@@ -156,8 +155,7 @@ def cell_geometry(y, psi, density, capacities: Capacities, candidates=None) -> C
     k = capacities.candidates
     index = candidates
     if index is None:
-        grid = None if capacities.grid is None else neighbours.build_grid(y, *capacities.grid)
-        index = power_diagram(y, psi, density, capacities, grid).candidates
+        index = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).candidates
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
 

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import batches, neighbours
+from .gauge import axis_gauge
 from .kernels import kernel_for
 from .polyhedron import first_true
 
@@ -60,7 +61,9 @@ class Capacities(eqx.Module):
     exhaustive: int | None = eqx.field(static=True, default=None)
 
     @staticmethod
-    def default(n: int, d: int, y=None) -> "Capacities":
+    def default(n: int, d: int, y=None, density=None) -> "Capacities":
+        """Sizes for n seeds in d dimensions; the grid's shape from the seeds ``y`` (numpy), in
+        their axis gauge for ``density`` when it is given (as `power_diagram` searches them)."""
         vertices = {1: 4, 2: 16, 3: 64}.get(d, 2 ** (d + 4))
         candidates = min(n - 1, {1: 4, 2: 32, 3: 48}.get(d, 64)) if n > 1 else 1
         grid = None
@@ -71,6 +74,8 @@ class Capacities(eqx.Module):
             # cells to the ring stage, whole diagram 3.8 s; 40: 276, 3.0 s; 54: 20, 3.3 s).
             per_cell = {1: 8.0, 2: 24.0, 3: 40.0}[d]
             if y is not None:
+                if density is not None:
+                    y = np.asarray(axis_gauge(jnp.asarray(y), density).seeds(jnp.asarray(y)))
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
                 occupancy = int(per_cell * 4 + 8)
@@ -625,7 +630,7 @@ def power_diagram(
     previous: Int[Array, "n k"] | None = None,
     reuse: Bool[Array, ""] | bool = False,
 ) -> Diagram:
-    """Clip, certify and integrate every power cell.  ``grid`` (from ``neighbours.build_grid``) is
+    """Clip, certify and integrate every power cell.  ``grid`` (from `grid_for`) is
     required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
     `_batching.cond_any` where no reverse-mode derivative is taken: under vmap it runs them only
     for the problems of the batch that need them).  ``prior``: likely neighbours of each cell
@@ -644,6 +649,13 @@ def power_diagram(
     certificate, and the ring stage ranks that cell's pool."""
     n, d = y.shape
     k = capacities.candidates
+    if capacities.window is not None and hasattr(density, "with_window"):
+        density = density.with_window(capacities.window)
+    # The grid search runs in the axis gauge its grid was built in (`grid_for`, `gauge`): seeds
+    # spread like the support along every axis; moments come back to the original coordinates.
+    original, axes = y, None if grid is None else grid.gauge
+    if axes is not None:
+        y, psi, density = axes.seeds(y), axes.weights(y, psi), axes.density(density)
     # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from
     # seeds whose weights are close to affine; moments are moved back to the y_i at the end.  The
     # exhaustive search (small n) needs no gauge: it checks every cell against every seed, and its
@@ -654,8 +666,6 @@ def power_diagram(
     y, psi = scale * y, scale * (psi - (1 - scale) * jnp.sum(y**2, -1))
     if grid is not None:
         grid = neighbours.scaled(grid, scale)
-    if capacities.window is not None and hasattr(density, "with_window"):
-        density = density.with_window(capacities.window)
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)
@@ -703,9 +713,25 @@ def power_diagram(
         out, beyond = _redo_uncertified(stage, out, y, psi, density, size=size, hopeless=size, cond=cond)
         short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
-    # Moments about the seeds y_i from moments about z_i = scale * y_i (v = z_i - y_i).
-    v = y - seeds
+    first, second = _moved(mass, first, second, y - seeds)  # about the seeds, from z_i = scale * seeds
+    if axes is not None:  # x - y_i = (x' - y'_i) / s + (y'_i / s - y_i)
+        s = axes.scale
+        first, second = _moved(mass, first / s, second / s[:, None] / s[None, :], seeds / s - original)
+    return Diagram(mass, first, second, facets, index, certified, overflow, short)
+
+
+def _moved(mass, first, second, v):
+    r"""Moments about p_i from moments about q_i = p_i + v_i: $\int (x - p_i) = \int (x - q_i) +
+    m v_i$, and likewise for the second moments."""
     second = (second + first[:, :, None] * v[:, None, :] + v[:, :, None] * first[:, None, :]
               + mass[:, None, None] * v[:, :, None] * v[:, None, :])
-    first = first + mass[:, None] * v
-    return Diagram(mass, first, second, facets, index, certified, overflow, short)
+    return first + mass[:, None] * v, second
+
+
+def grid_for(y: Float[Array, "n d"], density, capacities: Capacities) -> neighbours.Grid | None:
+    """The grid search's buckets for `power_diagram`: of the seeds in their axis gauge (`gauge`);
+    ``None`` for the exhaustive search.  Not differentiated."""
+    if capacities.grid is None:
+        return None
+    y = jax.lax.stop_gradient(y)
+    return neighbours.build_grid(y, *capacities.grid, gauge=axis_gauge(y, density))

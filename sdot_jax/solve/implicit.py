@@ -27,16 +27,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..geometry import neighbours
-from ..geometry.diagram import power_diagram
+from ..geometry.diagram import grid_for, power_diagram
 from . import linear
 from .newton import newton
-
-
-def _grid(y, capacities):
-    if capacities.grid is None:
-        return None
-    return neighbours.build_grid(jax.lax.stop_gradient(y), *capacities.grid)
 
 
 def _mass_function(y, density, psi, capacities, grid):
@@ -64,7 +57,7 @@ def _weights_bwd(psi, grad_out, perturbed, theta, psi0, capacities, tol, max_ite
     y, a, density = theta
     if grad_psi is None:
         grad_psi = jnp.zeros_like(psi)
-    grid = _grid(y, capacities)
+    grid = grid_for(y, density, capacities)
     dynamic, static = eqx.partition(density, eqx.is_inexact_array)
 
     def mass(y_, dynamic_):

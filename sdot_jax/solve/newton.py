@@ -26,8 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .._batching import cond_any, for_active
-from ..geometry import neighbours
-from ..geometry.diagram import Capacities, Diagram, cell_integrals, power_diagram
+from ..geometry.diagram import Capacities, Diagram, cell_integrals, grid_for, power_diagram
 from . import linear, multigrid
 
 
@@ -151,9 +150,7 @@ def newton(
     n, d = y.shape
     total = density.total_mass()
     stop_on_nan = stop_when_short and hasattr(density, "with_window")
-    grid = None
-    if capacities.grid is not None:
-        grid = neighbours.build_grid(y, *capacities.grid)
+    grid = grid_for(y, density, capacities)
     order = multigrid.morton_order(jax.lax.stop_gradient(y)) if n > linear.DENSE_LIMIT else None
     k = capacities.candidates
     dtype = a.dtype
