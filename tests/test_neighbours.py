@@ -483,6 +483,40 @@ def test_grid_cells_are_near_cubes_on_an_elongated_box(d):
     assert claim.mean() >= 0.98 * (worst > 0).mean() and claim.mean() > 0.9
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_crowded_clouds_get_finer_grid_cells(d):
+    """A Gaussian cloud (sigma 0.1) crowds the grid's central cells: with cells sized by the mean
+    occupancy, a seed sees ~3x (2D) to ~10x (3D) per_cell seeds in its own grid cell.  The grid
+    is refined until a seed sees under `neighbours.CROWDED` x per_cell (or cells reach
+    per_cell / 16 seeds on average), which narrows the pools; uniform seeds keep the mean-based
+    grid.  Occupancies and widths counted here by brute force."""
+    rng = np.random.default_rng(d)
+    n, per_cell = 20000, (24.0 if d == 2 else 40.0)
+
+    def buckets(y, cells):
+        lo, hi = y.min(0), y.max(0)
+        return np.clip(np.floor((y - lo) / ((hi - lo) / np.array(cells))).astype(int), 0, np.array(cells) - 1)
+
+    def seen(y, cells):
+        counts = np.unique(buckets(y, cells), axis=0, return_counts=True)[1]
+        return np.sum(counts.astype(float) ** 2) / len(y)
+
+    def fullest_block(y, cells):
+        coords = buckets(y, cells)
+        return max(int(np.sum(np.all(np.abs(coords - c) <= 1, 1))) for c in np.unique(coords, axis=0))
+
+    uniform = rng.random((n, d)).astype(np.float32)
+    mean_based = neighbours.cells_per_axis(np.ptp(uniform, 0).astype(np.float64), n, per_cell)
+    assert neighbours.grid_capacity(uniform, per_cell)[0] == mean_based
+    crowded = (0.5 + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
+    mean_based = neighbours.cells_per_axis(np.ptp(crowded, 0).astype(np.float64), n, per_cell)
+    assert seen(crowded, mean_based) > 2.5 * per_cell
+    cells, width, _ = neighbours.grid_capacity(crowded, per_cell)
+    assert seen(crowded, cells) < neighbours.CROWDED * per_cell or np.prod(cells) >= 0.9 * 16 * n / per_cell
+    assert width == fullest_block(crowded, cells) + 4
+    assert width < 0.6 * fullest_block(crowded, mean_based)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=3), st.integers(1, 10**7),
                   st.sampled_from([8.0, 24.0, 40.0]))
