@@ -495,7 +495,8 @@ def test_crowded_clouds_get_finer_grid_cells(d):
 
     def buckets(y, cells):
         lo, hi = y.min(0), y.max(0)
-        return np.clip(np.floor((y - lo) / ((hi - lo) / np.array(cells))).astype(int), 0, np.array(cells) - 1)
+        size = (hi - lo) / np.array(cells, np.float32)  # in float32, as `grid_capacity` buckets
+        return np.clip(np.floor((y - lo) / size).astype(int), 0, np.array(cells) - 1)
 
     def seen(y, cells):
         counts = np.unique(buckets(y, cells), axis=0, return_counts=True)[1]

@@ -67,6 +67,12 @@ class AbstractDensity(eqx.Module):
         (`sdot_jax.solve.start.initial_weights`).  None: start from the support's box alone."""
         return None
 
+    def axis_spread(self) -> tuple[Float[Array, " d"], Float[Array, " d"]] | None:
+        """The density's mean and standard deviation along each axis, where cheap: the grid search
+        runs where the Diracs' cloud has them (`sdot_jax.geometry.gauge`).  None: it runs where
+        the Diracs are (a concentrated image would be mistaken for its whole box)."""
+        return None
+
     def with_dim(self, dim: int) -> "AbstractDensity":
         """Resolve defaults that depend on the source's dimension (e.g. ``Box()``)."""
         if dim != self.dim:
@@ -74,6 +80,13 @@ class AbstractDensity(eqx.Module):
                 f"dimension mismatch: the Diracs live in {dim}D but the density in {self.dim}D."
             )
         return self
+
+
+def box_spread(density: AbstractDensity) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
+    """Mean and per-axis standard deviation of the uniform density on the bounding box (that of
+    a uniform axis-aligned box exactly; of a uniform polytope, roughly: `axis_spread`)."""
+    lo, hi = density.bounding_box()
+    return (lo + hi) / 2, (hi - lo) / jnp.sqrt(12.0)
 
 
 def uniform_simplex_moments(

@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
 from .._extremes import largest, smallest
-from ._density import AbstractDensity, det, simplex_measure, uniform_simplex_moments
+from ._density import AbstractDensity, box_spread, det, simplex_measure, uniform_simplex_moments
 
 
 class Box(AbstractDensity):
@@ -105,3 +105,6 @@ class Box(AbstractDensity):
 
     def interior_point(self):
         return self.origin + 0.5 * self.frame.sum(0)
+
+    def axis_spread(self):
+        return box_spread(self)

@@ -134,6 +134,13 @@ class SumOfGaussians(AbstractDensity):
         variance = w @ (self.dim * self.sigmas**2 + jnp.sum((self.positions - mean) ** 2, -1))
         return mean, jnp.sqrt(variance)
 
+    def axis_spread(self):
+        r"""Closed form: $m = \sum_k w_k \mu_k / W$, variance$_a = \sum_k w_k (\sigma_k^2 + (\mu_{k,a} - m_a)^2) / W$."""
+        w = self.weights / jnp.sum(self.weights)
+        mean = w @ self.positions
+        variance = w @ (self.sigmas[:, None] ** 2 + (self.positions - mean) ** 2)
+        return mean, jnp.sqrt(variance)
+
     def density_at(self, x):
         """$\\rho$ at points ``x (..., d)``."""
         r2 = jnp.sum((x[..., None, :] - self.positions) ** 2, -1)

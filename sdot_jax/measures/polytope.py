@@ -13,7 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._checks import as_float_array, check_finite, check_values
-from ._density import AbstractDensity, simplex_measure, uniform_simplex_moments
+from ._density import AbstractDensity, box_spread, simplex_measure, uniform_simplex_moments
 
 # Vertex enumeration tries every d-subset of the half-spaces: refuse beyond this many subsets.
 _MAX_SUBSETS = 4_000_000
@@ -231,6 +231,9 @@ class Polytope(AbstractDensity):
 
     def interior_point(self):
         return self.centre
+
+    def axis_spread(self):
+        return box_spread(self)
 
 
 @eqx.filter_jit
