@@ -653,7 +653,7 @@ def power_diagram(
         density = density.with_window(capacities.window)
     # The grid search runs in the axis gauge its grid was built in (`grid_for`, `gauge`): seeds
     # spread like the support along every axis; moments come back to the original coordinates.
-    original, axes = y, None if grid is None else grid.gauge
+    original, axes = y, None if grid is None else grid.axes
     if axes is not None:
         y, psi, density = axes.seeds(y), axes.weights(y, psi), axes.density(density)
     # The grid search certifies in the quadratic gauge (`quadratic_gauge`): the same cells, from
@@ -734,4 +734,4 @@ def grid_for(y: Float[Array, "n d"], density, capacities: Capacities) -> neighbo
     if capacities.grid is None:
         return None
     y = jax.lax.stop_gradient(y)
-    return neighbours.build_grid(y, *capacities.grid, gauge=axis_gauge(y, density))
+    return neighbours.build_grid(y, *capacities.grid, axes=axis_gauge(y, density))

@@ -135,7 +135,7 @@ class Grid(eqx.Module):
     position: Int[Array, " n"]  # ... seed i is order[position[i]]
     start: Int[Array, " G"]  # ... grid cell c holds order[start[c] : start[c] + count[c]]
     count: Int[Array, " G"]
-    gauge: AxisGauge  # the seeds bucketed are gauge.seeds(y) (`gauge`): `diagram.power_diagram` searches there
+    axes: AxisGauge  # the seeds bucketed are axes.seeds(y) (`gauge`): `diagram.power_diagram` searches there
     cells: tuple[int, ...] = eqx.field(static=True)  # per axis
     widths: tuple[int, int] = eqx.field(static=True)  # pool slots, rings 1 and 2
 
@@ -518,14 +518,14 @@ def _ring_widths(counts: np.ndarray, g: tuple[int, ...]) -> list[int]:
 
 
 def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: int, ring2_width: int,
-               gauge: AxisGauge | None = None) -> Grid:
-    """Bucket the seeds, in the axis ``gauge`` if given (`gauge.axis_gauge`), and gather every
+               axes: AxisGauge | None = None) -> Grid:
+    """Bucket the seeds, in the axis gauge ``axes`` if given (`gauge.axis_gauge`), and gather every
     seed's ring-1 pool (see `ring_pool`); the cells per axis and pool widths from
     `grid_capacity`."""
     n, d = y.shape
-    if gauge is None:
-        gauge = AxisGauge(jnp.ones((d,), y.dtype), jnp.zeros((d,), y.dtype))
-    y = gauge.seeds(y)
+    if axes is None:
+        axes = AxisGauge(jnp.ones((d,), y.dtype), jnp.zeros((d,), y.dtype))
+    y = axes.seeds(y)
     g = tuple(cells_per_axis)
     y = y.astype(jnp.float32)
     lo, hi = y.min(0), y.max(0)
@@ -539,7 +539,7 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: i
     count = jnp.searchsorted(sorted_cell, all_cells, side="right").astype(jnp.int32) - start
     position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, position, start,
-                count, gauge, g, (width, ring2_width))
+                count, axes, g, (width, ring2_width))
     pool, reach = ring_pool(grid, y, jnp.arange(n), 1)
     return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (pool, reach))
 
