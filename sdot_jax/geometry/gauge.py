@@ -34,6 +34,10 @@ class AxisGauge(eqx.Module):
     scale: Float[Array, " d"]
     shift: Float[Array, " d"]
 
+    @staticmethod
+    def identity(d: int, dtype) -> "AxisGauge":
+        return AxisGauge(jnp.ones((d,), dtype), jnp.zeros((d,), dtype))
+
     def seeds(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
         return y / self.scale + self.shift
 
@@ -52,18 +56,16 @@ def axis_gauge(y: Float[Array, "n d"], density: AbstractDensity) -> AxisGauge:
     (`AbstractDensity.axis_spread`: images, splines and meshes, whose box says nothing of where
     their mass is) and in float32 (the gauge's weights add $|y'|^2 - |y|^2$ terms much larger
     than the weights: 1000 Diracs near a line lost two digits of their masses)."""
-    d = y.shape[1]
-    identity = AxisGauge(jnp.ones((d,), y.dtype), jnp.zeros((d,), y.dtype))
     known = density.axis_spread()
     if known is None or y.dtype != jnp.float64:
-        return identity
+        return AxisGauge.identity(y.shape[1], y.dtype)
     y = jax.lax.stop_gradient(y)
     mean, spread = (jax.lax.stop_gradient(v).astype(y.dtype) for v in known)
     cloud_mean, cloud_spread = jnp.mean(y, 0), jnp.std(y, 0)
     ratio = cloud_spread / spread
     usable = jnp.all((ratio > 0) & jnp.isfinite(ratio))
     keep = ~usable | jnp.all((ratio > 1 / FROM) & (ratio < FROM))
-    scale = jnp.where(keep, 1.0, jnp.sqrt(jnp.where(usable, ratio, 1.0)))
+    scale = jnp.where(keep, 1.0, jnp.sqrt(ratio))
     shift = jnp.where(keep, 0.0, scale * mean - cloud_mean / scale)
     return AxisGauge(scale, shift)
 

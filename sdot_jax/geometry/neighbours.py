@@ -502,19 +502,13 @@ def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[tuple[int, ...], int,
         if seen < CROWDED * per_cell or target <= per_cell / 16:
             break
         target = max(target * per_cell / seen, per_cell / 16)
-    return g, *_ring_widths(counts, g)
-
-
-def _ring_widths(counts: np.ndarray, g: tuple[int, ...]) -> list[int]:
-    """The most seeds in the 3^d and 5^d grid cells around any occupied one, plus a margin of 4."""
-    d = len(g)
     widths = []
     for ring in (1, 2):
         padded = np.pad(counts, ring)
         block = sum(padded[tuple(slice(o, o + c) for o, c in zip(offset, g))]
                     for offset in itertools.product(range(2 * ring + 1), repeat=d))
         widths.append(int(block[counts > 0].max()) + 4)
-    return widths
+    return g, widths[0], widths[1]
 
 
 def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: int, ring2_width: int,
@@ -523,8 +517,7 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: i
     seed's ring-1 pool (see `ring_pool`); the cells per axis and pool widths from
     `grid_capacity`."""
     n, d = y.shape
-    if axes is None:
-        axes = AxisGauge(jnp.ones((d,), y.dtype), jnp.zeros((d,), y.dtype))
+    axes = AxisGauge.identity(d, y.dtype) if axes is None else axes
     y = axes.seeds(y)
     g = tuple(cells_per_axis)
     y = y.astype(jnp.float32)

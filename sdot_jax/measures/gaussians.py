@@ -128,11 +128,9 @@ class SumOfGaussians(AbstractDensity):
         return self.positions[jnp.argmax(self.weights)]
 
     def mean_and_spread(self):
-        r"""Closed form: $m = \sum_k w_k \mu_k / W$, spread$^2 = \sum_k w_k (d \sigma_k^2 + |\mu_k - m|^2) / W$."""
-        w = self.weights / jnp.sum(self.weights)
-        mean = w @ self.positions
-        variance = w @ (self.dim * self.sigmas**2 + jnp.sum((self.positions - mean) ** 2, -1))
-        return mean, jnp.sqrt(variance)
+        """The rms radius is the norm of the per-axis standard deviations (`axis_spread`)."""
+        mean, spread = self.axis_spread()
+        return mean, jnp.linalg.norm(spread)
 
     def axis_spread(self):
         r"""Closed form: $m = \sum_k w_k \mu_k / W$, variance$_a = \sum_k w_k (\sigma_k^2 + (\mu_{k,a} - m_a)^2) / W$."""
