@@ -533,8 +533,11 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: i
     position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, position, start,
                 count, axes, g, (width, ring2_width))
-    pool, reach = ring_pool(grid, y, jnp.arange(n), 1)
-    return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (pool, reach))
+    # Every seed of a grid cell has the same pool: packed once per grid cell, then copied (1e5
+    # uniform seeds: the grid build 477 -> 92 ms in 2D, 2037 -> 322 ms in 3D).
+    cell_pool, fits = _block_pools(grid, _unflat(g), 1)
+    reach = jnp.where(fits[cell], _reach(grid, y, coords, 1), 0.0)
+    return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (cell_pool[cell], reach))
 
 
 def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Array, "b p"], Float[Array, " b"]]:
@@ -543,10 +546,18 @@ def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Arr
     that block (no seed lies beyond it; inf at the grid's border).  A block holding more seeds
     than that makes the pool incomplete: its reach is 0, so the certificate fails for the cell
     and it goes to the fallback search, never silently."""
-    n, d = y.shape
+    coords = grid.coords[rows]
+    pool, fits = _block_pools(grid, coords, ring)
+    return pool, jnp.where(fits, _reach(grid, y[rows], coords, ring), 0.0)
+
+
+def _block_pools(grid: Grid, coords: Int[Array, "b d"], ring: int) -> tuple[Int[Array, "b p"], Bool[Array, " b"]]:
+    """The seeds of the (2 ring + 1)^d grid cells around each of ``coords``, grid cell by grid
+    cell, each in `Grid.order`, in ``grid.widths[ring - 1]`` slots padded with n; and whether
+    they all fit."""
+    n, d = grid.coords.shape
     g = grid.cells
     width = grid.widths[ring - 1]
-    coords = grid.coords[rows]
     offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
     around = coords[:, None, :] + offsets[None]  # (b, (2 ring + 1)^d, d)
     inside = _inside(around, g)
@@ -560,13 +571,18 @@ def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Arr
     begin = jnp.take_along_axis(end - count, which, 1)
     cell = jnp.take_along_axis(around_cell, which, 1)
     pool = jnp.where(ok, grid.order[jnp.clip(grid.start[cell] + slot - begin, 0, n - 1)], n)
-    y_rows = y[rows].astype(jnp.float32)
+    return pool, end[:, -1] <= width
+
+
+def _reach(grid: Grid, y_rows, coords, ring: int) -> Float[Array, " b"]:
+    """The distance from each seed ``y_rows`` to the edge of the (2 ring + 1)^d grid cells around
+    its own (``coords``), inf at the grid's border."""
+    y_rows = y_rows.astype(jnp.float32)
     block_lo = grid.lo + (coords - ring) * grid.size
     block_hi = grid.lo + (coords + ring + 1) * grid.size
     gap_lo = jnp.where(coords - ring > 0, y_rows - block_lo, jnp.inf)
-    gap_hi = jnp.where(coords + ring + 1 < jnp.array(g, jnp.int32), block_hi - y_rows, jnp.inf)
-    reach = jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
-    return pool, jnp.where(end[:, -1] > width, 0.0, reach)
+    gap_hi = jnp.where(coords + ring + 1 < jnp.array(grid.cells, jnp.int32), block_hi - y_rows, jnp.inf)
+    return jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
 
 
 def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"], ring: int) -> Int[Array, "b m"]:
