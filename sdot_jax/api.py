@@ -168,8 +168,8 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
             psi_out, stats = _solve_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose)
             break
         # Eager: Newton hands back its last accepted diagram, sparing a second compilation.
-        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities, tol_arr, max_iter, verbose, True,
-                                              hessian_density)
+        psi_out, stats, diagram = _newton_jit(y, a, density, psi, capacities.traced_budgets(n), tol_arr, max_iter,
+                                              verbose, True, hessian_density)
         if not bool(stats.status == Status.capacity):
             psi_out = psi_out - jnp.mean(psi_out)  # the zero-mean gauge of `optimal_weights`
             break

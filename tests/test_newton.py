@@ -65,20 +65,36 @@ def test_jit_equals_eager(problem):
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager.weights), rtol=1e-9, atol=1e-12)
 
 
-def test_short_fallback_stops_and_is_grown():
+def test_short_fallback_stops_and_is_grown_without_compiling_again():
     # Too few candidates for most cells: the fallback cannot redo them all.  Newton must stop
     # with `fallback_short` (not crawl through tiny line-search steps), and the eager driver
-    # grow the fallback and converge.
+    # grow the fallback and converge, re-running the compiled solve: the fallback is a budget
+    # the driver passes as an array (`Capacities.traced_budgets`), not a compiled-in size.
     n = 32
     y = np.random.default_rng(1).random((n, 2))
     caps = Capacities(vertices=16, candidates=6, fallback=4, grid=None)
     density = Box().with_dim(2)
-    # (the driver's own jitted Newton: the solve below reuses its compilation)
+    # (the driver's own jitted Newton, as it calls it)
     _, stats, _ = api._newton_jit(jnp.asarray(y), jnp.full((n,), 1.0 / n), density,
-                                  initial_weights(jnp.asarray(y), density), caps, jnp.asarray(1e-12), 30, False, True)
+                                  initial_weights(jnp.asarray(y), density), caps.traced_budgets(n),
+                                  jnp.asarray(1e-12), 30, False, True)
     assert stats.status == Status.capacity and bool(stats.fallback_short)
-    plan = optimal_transport_plan(y, Box(), tol=1e-12, capacities=caps)
-    assert plan.capacities.fallback > caps.fallback
+    compiled = []
+
+    def listener(event, duration, fun_name=None, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        plan = optimal_transport_plan(y, Box(), tol=1e-12, capacities=caps)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert plan.capacities.fallback >= 4 * caps.fallback  # grown twice at least
+    # Compiled at its first call and when a static size grows (here the candidates, once the
+    # fallback covers every cell: 6 -> 12), not at each of the fallback's growths (4 -> 32).
+    static_growths = (plan.capacities.candidates != caps.candidates) + (plan.capacities.vertices != caps.vertices)
+    assert compiled.count("jit(newton)") <= 1 + static_growths < 4, compiled
     np.testing.assert_allclose(np.asarray(plan.cell_masses), 1 / n, rtol=1e-12)
 
 

@@ -20,6 +20,7 @@ were right.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import equinox as eqx
@@ -51,14 +52,19 @@ class Capacities(eqx.Module):
       redo against every seed (O(n) each); ``None``: ~2^24 / n (a fixed budget of seed pairs),
       grown up to n by the eager driver when cells far longer than the grid's cells are more
       (Diracs drawn from a Gaussian, at the start: their sparse tails).
+
+    `fallback` and `exhaustive` are budgets, not buffer sizes: the fallback stages loop over the
+    cells left, in chunks.  Python ints are compiled in; the eager driver passes them as arrays
+    (`traced_budgets`), so that growing them re-runs the compiled solve (2D 1e4 Diracs near a
+    line: 4 growths, each a ~20 s compilation before).
     """
 
     vertices: int = eqx.field(static=True)
     candidates: int = eqx.field(static=True)
-    fallback: int = eqx.field(static=True)
+    fallback: int | Int[Array, ""]
     grid: tuple[tuple[int, ...], int, int] | None = eqx.field(static=True)
     window: int | None = eqx.field(static=True, default=None)
-    exhaustive: int | None = eqx.field(static=True, default=None)
+    exhaustive: int | Int[Array, ""] | None = None
 
     @staticmethod
     def default(n: int, d: int, y=None, density=None) -> "Capacities":
@@ -90,9 +96,16 @@ class Capacities(eqx.Module):
         fallback = min(n, max(64, n // (6 if d <= 2 else 3)) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
-    def exhaustive_rows(self, n: int) -> int:
+    def exhaustive_rows(self, n: int) -> int | Int[Array, ""]:
         """Cells per diagram the grid search's exhaustive stage may redo (see `exhaustive`)."""
-        return min(n, max(64, 2**24 // n)) if self.exhaustive is None else min(n, self.exhaustive)
+        if self.exhaustive is None:
+            return min(n, max(64, 2**24 // n))
+        return min(n, self.exhaustive) if isinstance(self.exhaustive, int) else jnp.minimum(self.exhaustive, n)
+
+    def traced_budgets(self, n: int) -> "Capacities":
+        """The same capacities with `fallback` and `exhaustive` as arrays (see the class)."""
+        return dataclasses.replace(self, fallback=jnp.asarray(self.fallback, jnp.int32),
+                                   exhaustive=jnp.asarray(self.exhaustive_rows(n), jnp.int32))
 
     def grown(self, *, vertices: bool = False, candidates: bool = False, fallback: bool = False,
               exhaustive: bool = False, n: int = 0, window: int | None = None) -> "Capacities":
@@ -603,29 +616,32 @@ def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
     return _redo(out, rows, search, y, psi, density, capacity)
 
 
-#: Uncertified cells are redone in chunks of about this many rows (times `batches.scale`).
+#: Uncertified cells are redone in chunks of this many rows (at most n / 16; times `batches.scale`).
 REDO_CHUNK = 64
 
 
-def _redo_uncertified(stage, out, *operands, size: int, hopeless: int, cond):
-    """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them, in
-    chunks of ~`REDO_CHUNK` rows, each under ``cond``: the stage costs what the cells left need,
-    not its whole capacity (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first
-    pass, ring stage 260 ms for all 1666 rows of its capacity, 103 ms in chunks of 64; 3D, zero
-    weights: 2 cells left for the vertex stage, 540 ms in chunks of 278, 140 ms in chunks of 64).
-    Returns the diagram and whether more than ``hopeless`` cells were uncertified: then it stays
-    uncertified whatever the stage does, is not run, and is reported so at once."""
+def _redo_uncertified(stage, out, *operands, size, hopeless, cond):
+    """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them (a budget:
+    it may be traced), in a loop over chunks of `REDO_CHUNK` rows, each under ``cond`` (under
+    vmap: the problems whose chunk is empty skip it): the stage costs what the cells left need
+    (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first pass, ring stage 260 ms
+    for all 1666 rows of its budget at once, 103 ms in chunks of 64).  Returns the diagram and
+    whether more than ``hopeless`` cells were uncertified: then it stays uncertified whatever the
+    stage does, is not run, and is reported so at once."""
     n = out[0].shape[0]
-    chunks = -(-size // (REDO_CHUNK * batches.scale()))
-    chunk = -(-size // chunks)
+    chunk = min(REDO_CHUNK, -(-n // 16)) * batches.scale()
+    chunks = -(-n // chunk)
     left = jnp.sum(~out[4])
     beyond = left > hopeless
-    rows = jnp.nonzero(~out[4], size=chunks * chunk, fill_value=n)[0].reshape(chunks, chunk)
+    rows = jnp.nonzero(~out[4], size=chunks * chunk, fill_value=n)[0]
+    rows = jnp.where(jnp.arange(chunks * chunk) < size, rows, n).reshape(chunks, chunk)
+    count = jnp.where(beyond, 0, -(-jnp.minimum(left, size) // chunk))
 
-    def step(out, rows):
-        return cond((rows[0] < n) & ~beyond, stage, lambda out, *_: out, out, rows, *operands), None
+    def step(state):
+        c, out = state
+        return c + 1, cond(rows[c, 0] < n, stage, lambda out, *_: out, out, rows[c], *operands)
 
-    return jax.lax.scan(step, out, rows)[0], beyond
+    return jax.lax.while_loop(lambda state: state[0] < count, step, (jnp.int32(0), out))[1], beyond
 
 
 def _overflow_to_next_stage(out):
