@@ -40,7 +40,8 @@ import _sdot  # noqa: E402 -- benchmarks/_sdot.py, beside this script
 def _solve(y, a, density, psi, capacities, tol, max_iter):
     """The public API's eager solve: Newton stops when a fallback stage is short, so that the
     capacities grow at once (`optimal_weights`, for traced calls, goes on halving its steps)."""
-    psi, stats, _ = _newton_jit(y, a, density, psi, capacities, tol, max_iter, False, True, None)
+    psi, stats, _ = _newton_jit(y, a, density, psi, capacities.traced_budgets(y.shape[0]), tol, max_iter, False, True,
+                                None)
     return psi, stats
 
 
