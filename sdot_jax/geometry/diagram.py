@@ -36,7 +36,8 @@ from .polyhedron import first_true
 
 
 class Capacities(eqx.Module):
-    """Static sizes of the padded buffers.  Overflows are detected and reported, never truncated.
+    """Sizes of the padded buffers (static) and budgets of the fallback stages.  Overflows are
+    detected and reported, never truncated.
 
     - `vertices`: vertex slots per cell.
     - `candidates`: candidate neighbours per cell (k).
@@ -53,10 +54,11 @@ class Capacities(eqx.Module):
       grown up to n by the eager driver when cells far longer than the grid's cells are more
       (Diracs drawn from a Gaussian, at the start: their sparse tails).
 
-    `fallback` and `exhaustive` are budgets, not buffer sizes: the fallback stages loop over the
-    cells left, in chunks.  Python ints are compiled in; the eager driver passes them as arrays
+    `fallback` and `exhaustive` are budgets, not buffer sizes: the fallback stages run over the
+    cells left, in chunks.  They are pytree leaves: the eager driver passes them as arrays
     (`traced_budgets`), so that growing them re-runs the compiled solve (2D 1e4 Diracs near a
-    line: 4 growths, each a ~20 s compilation before).
+    line: 4 growths, each a ~20 s compilation before); Python ints size the differentiable
+    diagrams' loops.
     """
 
     vertices: int = eqx.field(static=True)
@@ -309,7 +311,7 @@ def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
     if largest is None:
         largest = (jnp.max(jnp.abs(ys), 0, keepdims=True), jnp.max(jnp.abs(psis), keepdims=True),
                    jnp.max(norm2, keepdims=True))
-    return bound > -_rounding(radius, y_i, psi_i, *largest)
+    return ~(bound <= -_rounding(radius, y_i, psi_i, *largest))  # (NaN: may cut)
 
 
 def _bounding_ball(verts, live):
@@ -441,7 +443,8 @@ PAIRS_PER_BATCH = 2**21
 #: Pool seeds per cell tested vertex by vertex in the first pass, of those that `_may_cut` it
 #: (none: all).  At the optimum, neighbours first, loops: first pass of 3D 1e4 882 -> 773 ms
 #: (48: 779 ms, 2 more cells left); 2D 1e5 908 -> 897 ms with 32 (a vertex test of 16 slots
-#: costs little more than the bound), so 2D tests every seed.
+#: costs little more than the bound), so 2D bounds every seed and tests vertex by vertex only the
+#: cells that a bound leaves open (`_pool_may_cut`), as do the ring stages in every dimension.
 SURVIVORS = {3: 64}
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
@@ -629,32 +632,42 @@ def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
     return _redo(out, rows, search, y, psi, density, capacity)
 
 
-#: Uncertified cells are redone in chunks of this many rows (at most n / 16; times `batches.scale`).
+#: Uncertified cells are redone in chunks of about this many rows (times `batches.scale`).
 REDO_CHUNK = 64
 
 
-def _redo_uncertified(stage, out, *operands, size, hopeless, cond):
-    """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them (a budget:
-    it may be traced), in a loop over chunks of `REDO_CHUNK` rows, each under ``cond`` (under
-    vmap: the problems whose chunk is empty skip it): the stage costs what the cells left need
-    (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first pass, ring stage 260 ms
-    for all 1666 rows of its budget at once, 103 ms in chunks of 64).  Returns the diagram and
-    whether more than ``hopeless`` cells were uncertified: then it stays uncertified whatever the
-    stage does, is not run, and is reported so at once."""
+def _redo_uncertified(stage, out, *operands, size, hopeless, cond, loop: bool = False):
+    """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them (a budget,
+    which may be traced), in chunks of ~`REDO_CHUNK` rows, each under ``cond`` (under vmap: the
+    problems whose chunk is empty skip it): the stage costs what the cells left need, not its
+    whole budget (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first pass, ring
+    stage 260 ms for all 1666 rows of its budget at once, 103 ms in chunks of 64).  With ``loop``
+    (Newton's trial diagrams), a ``while_loop`` over the chunks that hold cells; else a ``scan``
+    over the budget's chunks (all n rows' when it is traced), which reverse-mode differentiation
+    can go through.  Returns the diagram and whether more than ``hopeless`` cells were
+    uncertified: then it stays uncertified whatever the stage does, is not run, and is reported
+    so at once."""
     n = out[0].shape[0]
-    chunk = min(REDO_CHUNK, -(-n // 16)) * batches.scale()
-    chunks = -(-n // chunk)
+    if isinstance(size, int) and not loop:
+        chunks = -(-size // (REDO_CHUNK * batches.scale()))
+        chunk = -(-size // chunks)
+    else:  # (small n: chunks of 16 rows, the default budget of n <= 256)
+        chunk = min(REDO_CHUNK * batches.scale(), max(16, -(-n // 16)), n)
+        chunks = -(-n // chunk)
     left = jnp.sum(~out[4])
     beyond = left > hopeless
     rows = jnp.nonzero(~out[4], size=chunks * chunk, fill_value=n)[0]
     rows = jnp.where(jnp.arange(chunks * chunk) < size, rows, n).reshape(chunks, chunk)
+
+    def step(out, rows):
+        return cond((rows[0] < n) & ~beyond, stage, lambda out, *_: out, out, rows, *operands)
+
+    if not loop:
+        return jax.lax.scan(lambda out, rows: (step(out, rows), None), out, rows)[0], beyond
     count = jnp.where(beyond, 0, -(-jnp.minimum(left, size) // chunk))
-
-    def step(state):
-        c, out = state
-        return c + 1, cond(rows[c, 0] < n, stage, lambda out, *_: out, out, rows[c], *operands)
-
-    return jax.lax.while_loop(lambda state: state[0] < count, step, (jnp.int32(0), out))[1], beyond
+    out = jax.lax.while_loop(lambda state: state[0] < count, lambda state: (state[0] + 1, step(state[1], rows[state[0]])),
+                             (jnp.int32(0), out))[1]
+    return out, beyond
 
 
 def _overflow_to_next_stage(out):
@@ -788,7 +801,7 @@ def power_diagram(
                 out, short = carry
                 out, beyond = _redo_uncertified(stage, out, at_vertices, y, psi, density, grid, field, prior,
                                                 size=capacities.fallback, hopeless=capacities.fallback + size,
-                                                cond=cond)
+                                                cond=cond, loop=loops)
                 return (out, short | beyond), None
 
             # Balls, then vertex by vertex for the cells left: one compiled stage run twice.
@@ -800,7 +813,7 @@ def power_diagram(
         else:
             size, slots = capacities.fallback, capacities.vertices
         stage = functools.partial(_exhaustive_stage, k=k2, capacity=slots)
-        out, beyond = _redo_uncertified(stage, out, y, psi, density, size=size, hopeless=size, cond=cond)
+        out, beyond = _redo_uncertified(stage, out, y, psi, density, size=size, hopeless=size, cond=cond, loop=loops)
         short = short | beyond
     mass, first, second, facets, certified, overflow, index = out
     first, second = _moved(mass, first, second, y - seeds)  # about the seeds, from z_i = scale * seeds
