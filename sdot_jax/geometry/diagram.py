@@ -244,7 +244,7 @@ def _excess(verts, live, radius, y_i, psi_i, ys, psis):
     \psi_i + \psi_j$ over its vertices $z$ ($\delta_j = y_j - y_i$; positive: closer in power to
     j), and the rounding tolerance of that excess.  The cell's own facets have excess ~0."""
     delta = ys - y_i
-    norm2 = _squared_norms(delta)
+    norm2 = neighbours.squared_norms(delta)
     # The support function of the cell in each direction delta_j (a max, then one comparison per
     # seed: ~2x faster on CPU than comparing every vertex), from products summed axis by axis:
     # XLA fuses them into the max, where `verts @ delta.T` is a matrix product per cell (2D, 1e5
@@ -285,13 +285,7 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad,
     return jnp.any((picked < ids.shape[0]) & (excess > tol)) | (jnp.sum(maybe) > survivors)
 
 
-def _squared_norms(delta):
-    """``|delta|^2`` over the last axis, summed axis by axis (fused with what follows; a sum over
-    the last axis is a reduction of its own on CPU)."""
-    return sum(delta[..., a] ** 2 for a in range(delta.shape[-1]))
-
-
-def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
+def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None, ball=None):
     r"""Whether each seed of ``ys`` may cut the cell: `_excess` with the cell's support function
     bounded from above by the smaller of its bounding box's and its bounding ball's
     ($\langle m, \delta \rangle + s |\delta|$, `_bounding_ball`), O(d) per seed instead of
@@ -299,15 +293,16 @@ def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
     then flags excesses above their own).  At the optimum of 1e5 uniform seeds in 2D, 0.10 seeds
     per cell of ~177 in its pool are kept beyond its 32 candidates by the box alone (at most 12);
     1e4 in 3D: 12 of ~540 (at most 56).  ``largest``: upper bounds of ``max |ys|`` (per axis or
-    overall), ``max |psis|`` and ``max |y_j - y_i|^2`` to use instead of the pool's own."""
+    overall), ``max |psis|`` and ``max |y_j - y_i|^2`` to use instead of the pool's own;
+    ``ball``: the cell's `_bounding_ball`, where the caller has it."""
     delta = ys - y_i
-    norm2 = _squared_norms(delta)
+    norm2 = neighbours.squared_norms(delta)
     lo = jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
     hi = jnp.max(jnp.where(live[:, None], verts, -jnp.inf), 0)
     box = sum(jnp.maximum(lo[a] * delta[:, a], hi[a] * delta[:, a]) for a in range(verts.shape[1]))
-    mean, spread = _bounding_ball(verts, live)
-    ball = sum(mean[a] * delta[:, a] for a in range(verts.shape[1])) + spread * jnp.sqrt(norm2)
-    bound = 2 * jnp.minimum(box, ball) - norm2 - psi_i + psis
+    mean, spread = _bounding_ball(verts, live) if ball is None else ball
+    support = sum(mean[a] * delta[:, a] for a in range(verts.shape[1])) + spread * jnp.sqrt(norm2)
+    bound = 2 * jnp.minimum(box, support) - norm2 - psi_i + psis
     if largest is None:
         largest = (jnp.max(jnp.abs(ys), 0, keepdims=True), jnp.max(jnp.abs(psis), keepdims=True),
                    jnp.max(norm2, keepdims=True))
@@ -320,7 +315,7 @@ def _bounding_ball(verts, live):
     return mean, jnp.sqrt(jnp.max(jnp.where(live, jnp.sum((verts - mean) ** 2, -1), 0.0)))
 
 
-def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad, scale, heaviest):
+def _pool_may_cut(verts, live, radius, ball, i, y_i, psi_i, pool, slot, y_pad, psi_pad, scale, heaviest):
     """Whether `_may_cut` keeps a seed of ``pool`` other than the clipped candidates at ``slot``:
     if not, no seed of the pool cuts the cell (`_cut_by_pool` is False), at O(d) per seed.  Its
     rounding from ``scale`` >= max |y| and ``heaviest`` >= max |psi| (the pool's own maxima cost
@@ -329,39 +324,26 @@ def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad
     other = ((pool < n) & (pool != i)).at[slot].set(False, mode="drop")
     d = y_i.shape[0]
     largest = (scale[None], heaviest[None], d * (jnp.max(jnp.abs(y_i)) + scale[None]) ** 2)
-    return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest))
+    return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest, ball))
 
 
-def _where_open(open_, test, operands, *, chunk: int):
-    """``test(order[p], poly[p], *rest)`` (``operands = (order, poly, *rest)``) at the positions
-    p where ``open_``, False elsewhere: those positions packed into chunks of ``chunk``, a loop
-    over the chunks that hold any (at the optimum of 1e5 uniform seeds in 2D, 17% of the cells).
-    (A loop, not a ``cond`` per chunk: its operands, the polygons and pools of every cell, were
-    copied for each chunk, and the pass took longer than testing every cell.)"""
+def _where_open(open_, test, *, chunk: int):
+    """``test(positions)`` (booleans, one per position) at the positions where ``open_``, False
+    elsewhere: those positions packed into chunks of ``chunk``, a loop over the chunks that hold
+    any (at the optimum of 1e5 uniform seeds in 2D, 17% of the cells).  (A loop, not a ``cond``
+    per chunk: its operands, the polygons and pools of every cell, were copied for each chunk,
+    and the pass took longer than testing every cell.)"""
     m = open_.shape[0]
     chunks = -(-m // chunk)
     picked = jnp.nonzero(open_, size=chunks * chunk, fill_value=m)[0].reshape(chunks, chunk)
-    order, poly, *rest = operands
-    in_axes = (0, 0) + (None,) * len(rest)
 
     def next_chunk(state):
         c, passed = state
         at = picked[c]
-        cells = jax.tree.map(lambda a: a[jnp.minimum(at, m - 1)], poly)
-        result = jax.vmap(test, in_axes=in_axes)(order[jnp.minimum(at, m - 1)], cells, *rest)
-        return c + 1, passed.at[at].set(result, mode="drop")
+        return c + 1, passed.at[at].set(test(jnp.minimum(at, m - 1)), mode="drop")
 
     count = -(-jnp.sum(open_) // chunk)
     return jax.lax.while_loop(lambda state: state[0] < count, next_chunk, (jnp.int32(0), jnp.zeros(m, bool)))[1]
-
-
-def _exact_pool_test(at, poly, rows, pool, slot, y, psi, y_pad, psi_pad):
-    """Whether no seed of its pool cuts the cell of ``rows[at]`` (`_cut_by_pool`)."""
-    kernel = kernel_for(y.shape[1])
-    i = rows[at]
-    r = jnp.sqrt(kernel.squared_radius(poly))
-    return ~_cut_by_pool(poly.vertices, kernel.live_mask(poly), r, i, y[i], psi[i], pool[at], slot[at], y_pad,
-                         psi_pad)
 
 
 def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
@@ -476,6 +458,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     top = jnp.max(psi)
     scale = jnp.max(jnp.abs(y))
     heaviest = jnp.max(jnp.abs(psi))
+    two_phase = cand.pool is not None and survivors is None  # bound first, exact test where open
     if known is None:
         order = jnp.arange(rows.shape[0])
         first_round = jnp.zeros_like(order)
@@ -516,11 +499,19 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
             far = far | ((reach > 0) & vertex_test(i, y[i] + verts, live))
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         empty = kernel.is_empty(poly)
-        if pool is None or survivors is not None:
+        if not two_phase:
             cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
             return empty | (far & ~cut & complete), jnp.zeros((), bool)
-        maybe = _pool_may_cut(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale, heaviest)
+        maybe = _pool_may_cut(verts, live, r, (mean, spread), i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale,
+                              heaviest)
         return empty | (far & complete & ~maybe), ~empty & far & complete & maybe
+
+    def exact(at, poly):
+        """Whether no seed of its pool cuts the cell at position ``at`` (`_cut_by_pool`)."""
+        i = rows[at]
+        r = jnp.sqrt(kernel.squared_radius(poly))
+        return ~_cut_by_pool(poly.vertices, kernel.live_mask(poly), r, i, y[i], psi[i], cand.pool[at], cand.slot[at],
+                             y_pad, psi_pad)
 
     # Clipping runs in large batches, the pool test in batches sized by its pairs (at the
     # optimum, neighbours first, loops: first pass of 3D 1e4 1918 -> 1585 ms, batches of 37
@@ -531,9 +522,9 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         clipped, (order, first_round),
         batch_size=min(CLIP_BATCH[min(d, 3)] * batches.scale(), rows.shape[0]))
     ok, open_ = jax.lax.map(certified, (poly, complete, order), batch_size=batch)
-    if cand.pool is not None and survivors is None:
-        operands = (order, poly, rows, cand.pool, cand.slot, y, psi, y_pad, psi_pad)
-        ok = ok | _where_open(open_, _exact_pool_test, operands, chunk=batch)
+    if two_phase:
+        ok = ok | _where_open(open_, lambda p: jax.vmap(exact)(order[p], jax.tree.map(lambda a: a[p], poly)),
+                              chunk=batch)
     out = mass, first, second, facets, ok, poly.overflow
     if known is None:
         return out

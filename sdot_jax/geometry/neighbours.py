@@ -254,10 +254,15 @@ def _slack(grid: Grid, dtype):
     return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + max(grid.cells) * jnp.max(grid.size.astype(dtype)))
 
 
+def squared_norms(v):
+    """``|v|^2`` over the last axis, summed axis by axis: XLA fuses that into what follows, where
+    a sum over the last axis is a reduction of its own on CPU (the diagram runs thousands)."""
+    return sum(v[..., a] ** 2 for a in range(v.shape[-1]))
+
+
 def _box_gap(lo_a, hi_a, lo_b, hi_b):
     """Distances between boxes (broadcast; the last axis is d); a point is the box [p, p]."""
-    gap = jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b))
-    return jnp.sqrt(sum(gap[..., a] ** 2 for a in range(gap.shape[-1])))  # (XLA fuses this, not a norm)
+    return jnp.sqrt(squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b))))
 
 
 def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power, ring: int = 1
