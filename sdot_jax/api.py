@@ -201,8 +201,9 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         diagram = _final_diagram(y, psi_out, density, capacities)
     plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
     if throw:
-        if traced:
-            plan = eqx.error_if(plan, stats.status == Status.capacity, Status.capacity.__doc__ or "")
+        if traced:  # the status's own message, raised when the computation runs
+            status = jax.lax.stop_gradient(stats.status._value)  # integers: the JVP of the raise is refused
+            plan = eqx.branched_error_if(plan, status != Status.converged._value, status, _NOT_CONVERGED)
         elif not bool(stats.converged):
             raise NotConvergedError(
                 f"{_message(stats.status)} (worst relative mass error {float(stats.error):.3e} after "
@@ -210,6 +211,12 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
                 plan,
             )
     return plan
+
+
+#: What a traced solve raises, by status (its error and step count are not known when the message
+#: is chosen).
+_NOT_CONVERGED = [f"{message} (pass throw=False to get the partial plan and its `stats`)"
+                  for message in Status._index_to_message]
 
 
 def _message(status: Status) -> str:

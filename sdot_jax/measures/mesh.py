@@ -485,17 +485,19 @@ class Mesh(AbstractDensity):
         """Whether a solve should start from smoothed copies (see `smoothed`): when the domain is
         not convex (mesh volume below its convex hull's: a Dirac may start with an empty cell in
         a hole or a notch), or the values have zeros or a max/min contrast above 10.  ``None``
-        (undecided) for traced arrays."""
-        if _is_tracer(self.nodes) or _is_tracer(self.values):
+        (undecided) when what is needed is traced: the nodes, or the values of a convex domain."""
+        if _is_tracer(self.nodes):
             return None
         import scipy.spatial
 
-        values = np.asarray(self.values)
-        if values.min() <= 0 or values.max() > 10 * values.min():
-            return True
         _, _, volume, _ = _element_maps(self.nodes, self.simplices)
         hull = scipy.spatial.ConvexHull(np.asarray(self.nodes[np.unique(np.asarray(self.simplices))]))
-        return bool(float(jnp.sum(volume)) < (1 - 1e-9) * hull.volume)
+        if float(jnp.sum(volume)) < (1 - 1e-9) * hull.volume:
+            return True
+        if _is_tracer(self.values):
+            return None
+        values = np.asarray(self.values)
+        return bool(values.min() <= 0 or values.max() > 10 * values.min())
 
     def density_at(self, x: Float[Array, "... d"]) -> Float[Array, "..."]:
         """The density at points ``x`` (sum over the elements containing them)."""

@@ -12,6 +12,7 @@ warm-started from the previous weights, intermediate stages solved to a loose to
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -32,8 +33,9 @@ def _levels(target) -> np.ndarray | None:
 
 def wanted(target) -> bool:
     """Whether ``continuation=None`` (automatic) turns continuation on for this target: when it
-    can be smoothed and has zero-density regions or a max/min contrast above 10 (checked only on
-    concrete arrays; under ``jax.jit`` the default is off)."""
+    can be smoothed and has zero-density regions or a max/min contrast above 10, checked on
+    concrete arrays only: under ``jax.jit`` it is off unless the target can tell from its concrete
+    parts (a `Mesh` whose nodes are concrete and whose domain is not convex)."""
     if not hasattr(target, "smoothed"):
         return False
     hint = getattr(target, "wants_continuation", None)  # a density that knows (e.g. Mesh)
@@ -92,11 +94,20 @@ def solve_with_continuation(solve, source, target, *, tol=None, max_iter=50, wei
         stage = target.smoothed(amount)
         plan = solve(source, stage, tol=loose, max_iter=max_iter, weights=psi, verbose=verbose,
                      capacities=capacities, throw=False, hessian_density=previous)
-        if bool(np.all(np.isfinite(np.asarray(plan.weights)))):
-            psi = plan.weights
+        psi = _finite_or(plan.weights, psi)
         previous = stage
         if verbose:
-            print(f"continuation: amount {amount:.3g}, {int(plan.stats.iterations)} Newton steps, "
-                  f"error {float(plan.stats.error):.2e}")
+            jax.debug.print("continuation: amount {amount:.3g}, {steps} Newton steps, error {error:.2e}",
+                            amount=amount, steps=plan.stats.iterations, error=plan.stats.error)
     return solve(source, target, tol=tol, max_iter=max_iter, weights=psi, verbose=verbose,
                  capacities=capacities, throw=throw, hessian_density=previous)
+
+
+def _finite_or(new, old):
+    """``new`` when all its entries are finite, else ``old`` (``None``: the default start), also
+    under ``jax.jit`` (there ``new`` is kept when ``old`` is ``None``: a non-finite start leaves
+    the final solve unconverged, which raises unless ``throw=False``)."""
+    finite = jnp.all(jnp.isfinite(new))
+    if isinstance(finite, jax.core.Tracer):
+        return new if old is None else jnp.where(finite, new, old)
+    return new if bool(finite) else old
