@@ -58,23 +58,22 @@ def test_throw_false_returns_partial_plan():
     assert plan.weights.shape == (N,) and np.isfinite(float(plan.stats.error))
 
 
-def test_a_traced_solve_that_does_not_converge_raises_its_status(problem):
+def test_a_traced_solve_that_does_not_converge_raises_its_status():
     """Under jax.jit, jax.grad and jax.vmap a solve that stops short of `tol` raises the status's
     message when it runs (a traced solve used to hand back its partial weights silently), and
     ``throw=False`` hands back the partial plan with its status."""
-    y, _, _, _, caps = problem
+    y = jnp.asarray(np.random.default_rng(2).random((30, 2)))
+    caps = Capacities.default(30, 2)
     solve = lambda y, throw=True: optimal_transport_plan(y, Box(), tol=1e-12, max_iter=1, capacities=caps,
                                                          throw=throw)
-    with pytest.raises(Exception, match="`max_iter` Newton steps were not enough"):
+    message = "`max_iter` Newton steps were not enough"
+    with pytest.raises(Exception, match=message):
         jax.jit(lambda y: solve(y).weights)(y).block_until_ready()
-    with pytest.raises(Exception, match="`max_iter` Newton steps were not enough"):
+    with pytest.raises(Exception, match=message):
         jax.grad(lambda y: solve(y).cost)(y).block_until_ready()
-    with pytest.raises(Exception, match="`max_iter` Newton steps were not enough"):
+    with pytest.raises(Exception, match=message):
         jax.vmap(lambda y: solve(y).weights)(jnp.stack([y, y[::-1]])).block_until_ready()
-    status = jax.jit(lambda y: solve(y, throw=False).stats.status)(y)
-    assert status == Status.max_iterations
-    grad = jax.jit(jax.grad(lambda y: optimal_transport_plan(y, Box(), tol=1e-12, capacities=caps).cost))(y)
-    assert bool(jnp.all(jnp.isfinite(grad)))  # the converged case passes through
+    assert jax.jit(lambda y: solve(y, throw=False).stats.status)(y) == Status.max_iterations
 
 
 def test_jit_equals_eager(problem):
