@@ -1,5 +1,6 @@
 """Continuation: automatic choice and a hard image solved through smoothed copies."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,6 +42,23 @@ def test_image_with_zero_pixels_converges():
     plan = optimal_transport_plan(y, Image(values), tol=1e-10)  # continuation chosen automatically
     assert bool(plan.stats.converged)
     np.testing.assert_allclose(plan.cell_masses, 1 / 100, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_continuation_under_jit_equals_eager():
+    """Under jax.jit the image's contrasts are unknown, so continuation runs a fixed schedule
+    (4 cells down to 1/4): the same optimum as the eager solve, whose schedule is chosen from the
+    contrasts, and the cell masses checked by an independent power diagram."""
+    rng = np.random.default_rng(0)
+    values = np.where(rng.random((8, 8)) < 0.2, 0.0, 0.5 + 0.5 * rng.random((8, 8)))
+    y = jnp.asarray(rng.random((100, 2)))
+    caps = Capacities.default(100, 2)
+    eager = optimal_transport_plan(y, Image(values), tol=1e-10, capacities=caps)
+    traced = jax.jit(lambda v: optimal_transport_plan(y, Image(v), tol=1e-10, capacities=caps,
+                                                      continuation=True).weights)(jnp.asarray(values))
+    np.testing.assert_allclose(traced, eager.weights, atol=1e-8 * np.ptp(np.asarray(eager.weights)))
+    mass = power_diagram(y, traced, Image(values), caps).mass
+    np.testing.assert_allclose(mass / np.sum(mass), 1 / 100, rtol=1e-9)
 
 
 def test_smoothed_hessian_changes_the_path_not_the_solution():

@@ -64,7 +64,8 @@ def schedule(target) -> list[float]:
     blurred image grows fast below one cell (random 90:1 pixels: 7.6 at one pixel, 16 at 0.7,
     44 at 0.5, 88 at 0.35), and going
     from one pixel straight to the sharp image left Newton, at n = 1e4, a direction that
-    emptied 96% of the cells at t = 1 (steps of 2^-8).  Other densities (meshes, whose
+    emptied 96% of the cells at t = 1 (steps of 2^-8).  Traced levels (under ``jax.jit``, whose
+    contrasts are unknown): 4, 2, 1, 1/2 and 1/4 cells.  Other densities (meshes, whose
     continuation is for non-convex domains): from 0.125 down by factors of 4 while above half of
     1/(number of levels)."""
     levels = _levels(target)
@@ -72,6 +73,8 @@ def schedule(target) -> list[float]:
         finest = 0.5 / (np.size(levels) if levels is not None else 16)
         return [0.125 / 4**k for k in range(8) if 0.125 / 4**k > finest]
     cell = 1.0 / max(np.shape(levels)[: target.dim])
+    if isinstance(levels, jax.core.Tracer):  # contrasts unknown under jax.jit: every other amount
+        return [4 * cell * 2.0 ** (-k) for k in range(5)]
     amounts, last, sharp = [], 0.0, _contrast(levels)
     for k in range(9):  # 4 cells ... 1/4 cell
         amount = 4 * cell * 2 ** (-k / 2)
