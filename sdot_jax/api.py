@@ -105,11 +105,13 @@ def optimal_transport_plan(
     - `capacities`: buffer sizes (`Capacities`); by default sized from the data and grown
       automatically when a cell overflows or is not certified.  Under ``jax.jit`` no retry is
       possible: an overflow raises an error that names the capacity to raise.
-    - `throw`: raise `NotConvergedError` when the solve does not converge (the default);
-      otherwise return the partial plan, whose ``stats.status`` says what happened.
+    - `throw`: raise `NotConvergedError` when the solve does not converge (the default; under
+      ``jax.jit``, ``jax.grad`` or ``jax.vmap``, equinox's runtime error with the status's
+      message); otherwise return the partial plan, whose ``stats.status`` says what happened.
     - `continuation`: solve against smoothed copies of the target first, then sharpen (reliable
-      on targets with zero-density regions or high contrast); each stage takes its first Newton
-      directions from the previous stage's Laplacian.  ``None`` decides from the target.
+      on targets with zero-density regions or high contrast); outside ``jax.jit`` each stage
+      takes its first Newton directions from the previous stage's Laplacian.  ``None`` decides
+      from the target's concrete parts (see `continuation.wanted`).
 
     **Returns:** a `TransportPlan`.
     """

@@ -22,7 +22,8 @@ loss.backward()                            # y.grad = d W2 / d y
   solves.
 - Everything runs under ``jax.jit`` (compiled once per shape and options): the capacities cannot
   grow on the fly, so an overflowing cell raises an error naming the capacity; pass
-  ``capacities=`` (see `sdot_jax.Capacities`) for unusual inputs.
+  ``capacities=`` (see `sdot_jax.Capacities`) for unusual inputs.  A solve that does not converge
+  raises its status's message too.
 
 Torch is an optional dependency, imported when this module is.
 """

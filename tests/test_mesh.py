@@ -249,6 +249,18 @@ def l_problem():
     return y, values, plan
 
 
+@pytest.mark.slow
+def test_l_shape_under_jit_takes_continuation_and_equals_eager(l_problem):
+    """Under jax.jit a mesh built inside the function keeps its concrete nodes (its checks run at
+    once), so the non-convex domain turns continuation on (a traced solve without it stops at
+    step 0 with Diracs in the hole, and now raises): the eager solve's weights."""
+    y, values, plan = l_problem
+    solve = lambda y: optimal_transport_plan(y, Mesh(L_NODES, L_TRIS, values), tol=1e-11,
+                                             capacities=plan.capacities).weights
+    np.testing.assert_allclose(jax.jit(solve)(jnp.asarray(y)), plan.weights,
+                               atol=1e-9 * np.ptp(np.asarray(plan.weights)))
+
+
 def test_l_shape_solve(l_problem):
     y, values, plan = l_problem
     assert bool(plan.stats.converged)

@@ -342,6 +342,15 @@ class Mesh(AbstractDensity):
     convex_support: ClassVar[bool] = False  # the separable start could put a Dirac's cell in a hole
 
     def __init__(self, nodes: Any, simplices: Any, values: Any = None):
+        # Concrete inputs stay concrete under jax.jit (checked at once, and `wants_continuation`
+        # can read the domain's shape); traced ones get runtime checks.
+        if any(_is_tracer(x) for x in (nodes, simplices, values)):
+            self._validate(nodes, simplices, values)
+        else:
+            with jax.ensure_compile_time_eval():
+                self._validate(nodes, simplices, values)
+
+    def _validate(self, nodes, simplices, values):
         nodes = as_float_array(nodes, "nodes")
         if nodes.ndim != 2 or nodes.shape[1] not in (2, 3):
             raise ValueError(f"`nodes` must have shape (N, 2) or (N, 3), got {nodes.shape}.")
@@ -482,22 +491,24 @@ class Mesh(AbstractDensity):
         )
 
     def wants_continuation(self) -> bool | None:
-        """Whether a solve should start from smoothed copies (see `smoothed`): when the domain is
-        not convex (mesh volume below its convex hull's: a Dirac may start with an empty cell in
-        a hole or a notch), or the values have zeros or a max/min contrast above 10.  ``None``
-        (undecided) when what is needed is traced: the nodes, or the values of a convex domain."""
+        """Whether a solve should start from smoothed copies (see `smoothed`): when the values have
+        zeros or a max/min contrast above 10, or the domain is not convex (mesh volume below its
+        convex hull's: a Dirac may start with an empty cell in a hole or a notch).  Decided from
+        what is concrete, also under ``jax.jit``; ``None`` (undecided) when that is not enough."""
         if _is_tracer(self.nodes):
             return None
         import scipy.spatial
 
-        _, _, volume, _ = _element_maps(self.nodes, self.simplices)
-        hull = scipy.spatial.ConvexHull(np.asarray(self.nodes[np.unique(np.asarray(self.simplices))]))
-        if float(jnp.sum(volume)) < (1 - 1e-9) * hull.volume:
-            return True
-        if _is_tracer(self.values):
-            return None
-        values = np.asarray(self.values)
-        return bool(values.min() <= 0 or values.max() > 10 * values.min())
+        with jax.ensure_compile_time_eval():
+            if not _is_tracer(self.values):
+                values = np.asarray(self.values)
+                if values.min() <= 0 or values.max() > 10 * values.min():
+                    return True
+            _, _, volume, _ = _element_maps(self.nodes, self.simplices)
+            hull = scipy.spatial.ConvexHull(np.asarray(self.nodes[np.unique(np.asarray(self.simplices))]))
+            if float(jnp.sum(volume)) < (1 - 1e-9) * hull.volume:
+                return True
+        return None if _is_tracer(self.values) else False
 
     def density_at(self, x: Float[Array, "... d"]) -> Float[Array, "..."]:
         """The density at points ``x`` (sum over the elements containing them)."""

@@ -78,7 +78,8 @@ def schedule(target) -> list[float]:
     amounts, last, sharp = [], 0.0, _contrast(levels)
     for k in range(9):  # 4 cells ... 1/4 cell
         amount = 4 * cell * 2 ** (-k / 2)
-        contrast = _contrast(_levels(target.smoothed(amount)))
+        with jax.ensure_compile_time_eval():  # concrete levels under jax.jit too
+            contrast = _contrast(_levels(target.smoothed(amount)))
         if 2 * last <= contrast <= sharp / 2:
             amounts.append(amount)
             last = contrast
@@ -88,9 +89,9 @@ def schedule(target) -> list[float]:
 def solve_with_continuation(solve, source, target, *, tol=None, max_iter=50, weights=None,
                             verbose=False, capacities=None, throw=True):
     """Solve a sequence of smoothed targets, each warm-starting the next; ``solve`` is
-    ``optimal_transport_plan`` without continuation, taking ``hessian_density``: every stage
-    after the first takes its first Newton directions from the previous stage's Laplacian (see
-    `sdot_jax.solve.newton.newton`)."""
+    ``optimal_transport_plan`` without continuation, taking ``hessian_density``: outside
+    ``jax.jit`` every stage after the first takes its first Newton directions from the previous
+    stage's Laplacian (see `sdot_jax.solve.newton.newton`)."""
     psi, previous = weights, None
     loose = 1e-3 if tol is None else max(float(tol), 1e-3)
     for amount in schedule(target):
@@ -100,8 +101,9 @@ def solve_with_continuation(solve, source, target, *, tol=None, max_iter=50, wei
         psi = _finite_or(plan.weights, psi)
         previous = stage
         if verbose:
-            jax.debug.print("continuation: amount {amount:.3g}, {steps} Newton steps, error {error:.2e}",
-                            amount=amount, steps=plan.stats.iterations, error=plan.stats.error)
+            printer = verbose if callable(verbose) else jax.debug.print
+            printer("continuation: amount {amount:.3g}, {steps} Newton steps, error {error:.2e}",
+                    amount=amount, steps=plan.stats.iterations, error=plan.stats.error)
     return solve(source, target, tol=tol, max_iter=max_iter, weights=psi, verbose=verbose,
                  capacities=capacities, throw=throw, hessian_density=previous)
 
