@@ -13,7 +13,7 @@ import scipy.spatial
 from hypothesis import given, settings, strategies as st
 from numpy.polynomial.legendre import leggauss
 
-from sdot_jax import Box, SumOfDiracs, distance, optimal_transport_plan
+from sdot_jax import Box, distance, optimal_transport_plan
 from sdot_jax.distance import _dual
 from sdot_jax.measures.mesh import Mesh
 
