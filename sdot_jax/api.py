@@ -74,7 +74,7 @@ _grown_capacities: dict[tuple, Capacities] = {}
 
 @jit
 def _final_diagram(y, psi, density, capacities: Capacities):
-    return power_diagram(y, psi, density, capacities, grid_for(y, density, capacities))
+    return power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).complete()
 
 
 def optimal_transport_plan(

@@ -30,7 +30,7 @@ def dual_value(plan: TransportPlan) -> Float[Array, ""]:
 @jit
 def _dual(y, a, psi, density, capacities):
     psi = jax.lax.stop_gradient(psi)
-    diagram = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities))
+    diagram = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).complete()
     second = jnp.trace(diagram.second_moment, axis1=1, axis2=2)
     cells = jnp.sum(second - psi * diagram.mass) / density.total_mass()
     return jnp.sum(a * psi) + cells

@@ -155,7 +155,7 @@ def cell_geometry(y, psi, density, capacities: Capacities, candidates=None) -> C
     k = capacities.candidates
     index = candidates
     if index is None:
-        index = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).candidates
+        index = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).complete().candidates
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
 

@@ -122,3 +122,23 @@ def test_convex_hull_target_agrees_with_monte_carlo():
     np.testing.assert_allclose(ref["mass"] / volume, 1 / N2, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(plan.barycenters), ref["first"] / ref["mass"][:, None], atol=1e-12)
     np.testing.assert_allclose(float(plan.cost), ref["second"].sum() / volume, rtol=1e-10)
+
+
+def test_a_diagram_computed_under_jit_with_short_capacities_raises_when_used():
+    """Under jax.jit the capacities cannot grow: the diagrams computed there for the plan, the
+    implicit gradients and `distance` raise when a cell is left uncertified or overflows (the
+    dual value from such a diagram was silently wrong)."""
+    import dataclasses
+
+    from sdot_jax.distance import _dual
+    from sdot_jax.geometry.diagram import power_diagram
+
+    n = 200
+    y = jnp.asarray(np.random.default_rng(0).random((n, 2)))
+    short = dataclasses.replace(Capacities.default(n, 2), candidates=4, fallback=1)
+    unchecked = power_diagram(y, jnp.zeros(n), Box().with_dim(2), short)
+    assert bool(unchecked.short) and int(jnp.sum(~unchecked.certified)) > n // 2
+    with pytest.raises(Exception, match="could not be certified complete"):
+        jax.jit(lambda y: power_diagram(y, jnp.zeros(n), Box().with_dim(2), short).complete().mass)(y).block_until_ready()
+    with pytest.raises(Exception, match="could not be certified complete"):
+        jax.block_until_ready(_dual(y, jnp.full(n, 1.0 / n), jnp.zeros(n), Box().with_dim(2), short))

@@ -134,6 +134,18 @@ class Diagram(eqx.Module):
     overflow: Bool[Array, " n"]
     short: Bool[Array, ""]  # more cells needed a fallback stage than its `Capacities.fallback`
 
+    def complete(self) -> "Diagram":
+        """This diagram, raising when it is used if a cell overflowed its vertex slots or was left
+        uncertified (``eqx.error_if``): for diagrams computed under ``jax.jit``, where the
+        capacities cannot grow."""
+        incomplete = jnp.any(self.overflow) | ~jnp.all(self.certified) | self.short
+        return eqx.error_if(self, incomplete, INCOMPLETE)
+
+
+INCOMPLETE = ("a power cell at the solved weights overflowed its padded buffers or could not be "
+              "certified complete: pass larger `capacities` (see `Capacities.grown`), or solve "
+              "outside jax.jit once and reuse its `plan.capacities`.")
+
 
 def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
     """The cell of one seed as a padded polygon/polytope, in coordinates relative to ``y_i``.

@@ -64,6 +64,7 @@ def _weights_bwd(psi, grad_out, perturbed, theta, psi0, capacities, tol, max_ite
         return _mass_function(y_, eqx.combine(dynamic_, static), psi, capacities, grid)
 
     _, pullback, diagram = jax.vjp(mass, y, dynamic, has_aux=True)
+    diagram = diagram.complete()
     total = density.total_mass()
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, total)
     lap = jax.lax.stop_gradient(lap)
