@@ -74,7 +74,7 @@ _grown_capacities: dict[tuple, Capacities] = {}
 
 @jit
 def _final_diagram(y, psi, density, capacities: Capacities):
-    return power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).complete()
+    return power_diagram(y, psi, density, capacities, grid_for(y, density, capacities))
 
 
 def optimal_transport_plan(
@@ -199,8 +199,10 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
             )
         capacities = _grown_capacities[memory_key] = grown
         psi = psi_out
-    if traced:
+    if traced:  # the diagram at the solved weights, searched afresh: may need more than Newton's
         diagram = _final_diagram(y, psi_out, density, capacities)
+        status = Status.where(diagram.incomplete, Status.capacity, stats.status)
+        stats = eqx.tree_at(lambda s: s.status, stats, status)
     plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
     if throw:
         if traced:  # the status's own message, raised when the computation runs

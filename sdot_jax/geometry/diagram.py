@@ -134,12 +134,15 @@ class Diagram(eqx.Module):
     overflow: Bool[Array, " n"]
     short: Bool[Array, ""]  # more cells needed a fallback stage than its `Capacities.fallback`
 
+    @property
+    def incomplete(self) -> Bool[Array, ""]:
+        """Whether a cell overflowed its vertex slots or was left uncertified."""
+        return jnp.any(self.overflow) | ~jnp.all(self.certified) | self.short
+
     def complete(self) -> "Diagram":
-        """This diagram, raising when it is used if a cell overflowed its vertex slots or was left
-        uncertified (``eqx.error_if``): for diagrams computed under ``jax.jit``, where the
-        capacities cannot grow."""
-        incomplete = jnp.any(self.overflow) | ~jnp.all(self.certified) | self.short
-        return eqx.error_if(self, incomplete, INCOMPLETE)
+        """This diagram, raising when it is used if it is `incomplete` (``eqx.error_if``): for
+        diagrams computed under ``jax.jit``, where the capacities cannot grow."""
+        return eqx.error_if(self, self.incomplete, INCOMPLETE)
 
 
 INCOMPLETE = ("a power cell at the solved weights overflowed its padded buffers or could not be "
