@@ -201,8 +201,7 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
         psi = psi_out
     if traced:  # the diagram at the solved weights, searched afresh: may need more than Newton's
         diagram = _final_diagram(y, psi_out, density, capacities)
-        status = Status.where(diagram.incomplete, Status.capacity, stats.status)
-        stats = eqx.tree_at(lambda s: s.status, stats, status)
+        stats = _blame_capacity(stats, diagram)
     plan = TransportPlan(SumOfDiracs(y, a), density, psi_out, stats, diagram, capacities)
     if throw:
         if traced:  # the status's own message, raised when the computation runs
@@ -215,6 +214,20 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
                 plan,
             )
     return plan
+
+
+def _blame_capacity(stats, diagram):
+    """A converged solve's stats, with `Status.capacity` and the diagram's failures where the
+    diagram recomputed at its weights is incomplete (another failure keeps its own status)."""
+    blame = stats.converged & diagram.incomplete
+    return eqx.tree_at(
+        lambda s: (s.status, s.vertex_overflow, s.uncertified, s.fallback_short),
+        stats,
+        (Status.where(blame, Status.capacity, stats.status),
+         stats.vertex_overflow | (blame & jnp.any(diagram.overflow)),
+         stats.uncertified | (blame & ~jnp.all(diagram.certified)),
+         stats.fallback_short | (blame & diagram.short)),
+    )
 
 
 #: What a traced solve raises, by status (its error and step count are not known when the message

@@ -13,6 +13,7 @@ import scipy.spatial
 from helpers import assign, gauge, monte_carlo, reference_diagram
 from sdot_jax import Box, Capacities, SumOfDiracs, optimal_transport_plan
 from sdot_jax.measures.polytope import ConvexHull
+from sdot_jax.solve.newton import Status
 
 N2 = 16
 SAMPLES = 400_000
@@ -142,3 +143,8 @@ def test_a_diagram_computed_under_jit_with_short_capacities_raises_when_used():
         jax.jit(lambda y: power_diagram(y, jnp.zeros(n), Box().with_dim(2), short).complete().mass)(y).block_until_ready()
     with pytest.raises(Exception, match="could not be certified complete"):
         jax.block_until_ready(_dual(y, jnp.full(n, 1.0 / n), jnp.zeros(n), Box().with_dim(2), short))
+    # throw=False: the status says capacity, and implicit gradients through such a diagram are NaN.
+    solve = lambda y: optimal_transport_plan(y, Box(), capacities=short, throw=False)
+    assert jax.jit(lambda y: solve(y).stats.status)(y) == Status.capacity
+    grad = jax.jit(jax.grad(lambda y: solve(y).weights @ jnp.arange(n, dtype=y.dtype)))(y)
+    assert bool(jnp.all(jnp.isnan(grad)))

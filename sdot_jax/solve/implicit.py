@@ -64,15 +64,15 @@ def _weights_bwd(psi, grad_out, perturbed, theta, psi0, capacities, tol, max_ite
         return _mass_function(y_, eqx.combine(dynamic_, static), psi, capacities, grid)
 
     _, pullback, diagram = jax.vjp(mass, y, dynamic, has_aux=True)
-    diagram = diagram.complete()
     total = density.total_mass()
     lap = linear.laplacian(diagram.facet_mass, diagram.candidates, y, total)
     lap = jax.lax.stop_gradient(lap)
     # Adjoint: L lam = P grad_psi, lam zero-mean (the gauge of the forward output).
     rtol = 1e-12 if psi.dtype == jnp.float64 else 1e-6
     lam, ok = linear.solve(lap, grad_psi, rtol=rtol)
-    # A failed adjoint solve gives NaN gradients rather than silently wrong ones.
-    lam = jnp.where(ok, lam, jnp.nan)
+    # A failed adjoint solve, or a diagram with uncertified or overflowed cells (the forward
+    # solve reported it as `Status.capacity`), gives NaN gradients rather than silently wrong ones.
+    lam = jnp.where(ok & ~diagram.incomplete, lam, jnp.nan)
     grad_y, grad_dynamic = pullback(-lam)
     return _select(perturbed, (grad_y, lam, grad_dynamic))
 
