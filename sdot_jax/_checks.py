@@ -7,7 +7,8 @@ jitted call still fails loudly instead of returning a wrong plan.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -17,6 +18,22 @@ import numpy as np
 
 def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
+
+
+def concrete_when_given_concrete(init: Callable) -> Callable:
+    """A density's ``__init__`` that, given only concrete arguments, runs at once also under
+    ``jax.jit`` (``jax.ensure_compile_time_eval``): its checks raise at once instead of staging
+    an ``eqx.error_if``, which made every array it touched a tracer, and its arrays stay concrete
+    for what the solve decides from them (`continuation.wanted`, `Mesh.wants_continuation`)."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if any(_is_tracer(leaf) for leaf in jax.tree.leaves((args, kwargs))):
+            return init(self, *args, **kwargs)
+        with jax.ensure_compile_time_eval():
+            return init(self, *args, **kwargs)
+
+    return wrapped
 
 
 def as_float_array(x: Any, name: str) -> jax.Array:

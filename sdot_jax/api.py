@@ -206,7 +206,7 @@ def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weig
     if throw:
         if traced:  # the status's own message, raised when the computation runs
             status = jax.lax.stop_gradient(stats.status._value)  # integers: the JVP of the raise is refused
-            plan = eqx.branched_error_if(plan, status != Status.converged._value, status, _NOT_CONVERGED)
+            plan = eqx.branched_error_if(plan, ~stats.converged, status, _NOT_CONVERGED)
         elif not bool(stats.converged):
             raise NotConvergedError(
                 f"{_message(stats.status)} (worst relative mass error {float(stats.error):.3e} after "

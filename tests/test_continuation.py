@@ -22,6 +22,26 @@ def test_wanted_decides_from_the_target():
     assert not continuation.wanted(SumOfGaussians(np.zeros((1, 2)), 1.0))
 
 
+def test_a_target_built_from_concrete_arrays_under_jit_is_judged_as_outside():
+    """Built inside a jitted function from concrete arrays, a density keeps them concrete (its
+    checks run at once), so the automatic choice sees its zeros or its non-convex domain as it
+    does outside jit; built from traced values, it cannot tell."""
+    from sdot_jax.measures.mesh import Mesh
+
+    zero_pixel = np.array([[0.0, 1.0], [1.0, 1.0]])
+    l_nodes = np.array([[0.0, 0], [1, 0], [1, 0.5], [0.5, 0.5], [0.5, 1], [0, 1], [0, 0.5], [0.5, 0]])
+    l_tris = np.array([[0, 7, 6], [7, 3, 6], [7, 1, 2], [7, 2, 3], [6, 3, 4], [6, 4, 5]])
+    seen = []
+
+    def judge(v):
+        seen.extend([continuation.wanted(Image(zero_pixel)), continuation.wanted(SplineGrid(zero_pixel)),
+                     continuation.wanted(Mesh(l_nodes, l_tris)), continuation.wanted(Image(v))])
+        return v
+
+    jax.make_jaxpr(judge)(jnp.asarray(zero_pixel))
+    assert seen == [True, True, True, False]
+
+
 def test_smoothed_keeps_type_mass_and_fills_zeros():
     values = np.zeros((8, 8))
     values[2:4, 5:7] = 1.0

@@ -136,8 +136,9 @@ class Diagram(eqx.Module):
 
     @property
     def incomplete(self) -> Bool[Array, ""]:
-        """Whether a cell overflowed its vertex slots or was left uncertified."""
-        return jnp.any(self.overflow) | ~jnp.all(self.certified) | self.short
+        """Whether a cell overflowed its vertex slots or was left uncertified (``short`` implies
+        the latter: a stage short of budget does not run, and its cells stay uncertified)."""
+        return jnp.any(self.overflow) | ~jnp.all(self.certified)
 
     def complete(self) -> "Diagram":
         """This diagram, raising when it is used if it is `incomplete` (``eqx.error_if``): for
@@ -145,7 +146,7 @@ class Diagram(eqx.Module):
         return eqx.error_if(self, self.incomplete, INCOMPLETE)
 
 
-INCOMPLETE = ("a power cell at the solved weights overflowed its padded buffers or could not be "
+INCOMPLETE = ("a power cell overflowed its padded buffers or could not be "
               "certified complete: pass larger `capacities` (see `Capacities.grown`), or solve "
               "outside jax.jit once and reuse its `plan.capacities`.")
 

@@ -49,15 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .._checks import as_float_array, check_finite, check_values
+from .._checks import _is_tracer, as_float_array, check_finite, check_values, concrete_when_given_concrete
 from ._density import AbstractDensity, det
 from ._grid_integrals import clip_polygon
 
 _CHUNK = {2: 64, 3: 8}  # elements per scan step (vmapped inside a step)
-
-
-def _is_tracer(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,16 +337,8 @@ class Mesh(AbstractDensity):
     values: Float[Array, " N"]
     convex_support: ClassVar[bool] = False  # the separable start could put a Dirac's cell in a hole
 
+    @concrete_when_given_concrete
     def __init__(self, nodes: Any, simplices: Any, values: Any = None):
-        # Concrete inputs stay concrete under jax.jit (checked at once, and `wants_continuation`
-        # can read the domain's shape); traced ones get runtime checks.
-        if any(_is_tracer(x) for x in (nodes, simplices, values)):
-            self._validate(nodes, simplices, values)
-        else:
-            with jax.ensure_compile_time_eval():
-                self._validate(nodes, simplices, values)
-
-    def _validate(self, nodes, simplices, values):
         nodes = as_float_array(nodes, "nodes")
         if nodes.ndim != 2 or nodes.shape[1] not in (2, 3):
             raise ValueError(f"`nodes` must have shape (N, 2) or (N, 3), got {nodes.shape}.")

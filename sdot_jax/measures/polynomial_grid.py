@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._checks import as_float_array, check_finite, check_values
+from .._checks import as_float_array, check_finite, check_values, concrete_when_given_concrete
 from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_2D, WINDOW_3D, blur,
                               frame_of, grid_interior_point)
 
@@ -54,6 +54,7 @@ class PolynomialGrid(AbstractGridDensity):
     frame: Float[Array, "d d"]
     window: int = eqx.field(static=True)
 
+    @concrete_when_given_concrete
     def __init__(self, coefficients: Any, origin: Any = None, frame: Any = None,
                  window: int | None = None):
         c = as_float_array(coefficients, "coefficients")
@@ -116,6 +117,7 @@ class Image(AbstractGridDensity):
     frame: Float[Array, "d d"]
     window: int = eqx.field(static=True)
 
+    @concrete_when_given_concrete
     def __init__(self, values: Any, origin: Any = None, frame: Any = None, window: int | None = None):
         values = as_float_array(values, "values")
         if values.ndim not in (2, 3):

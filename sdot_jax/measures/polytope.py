@@ -12,15 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._checks import as_float_array, check_finite, check_values
+from .._checks import _is_tracer, as_float_array, check_finite, check_values
 from ._density import AbstractDensity, box_spread, simplex_measure, uniform_simplex_moments
 
 # Vertex enumeration tries every d-subset of the half-spaces: refuse beyond this many subsets.
 _MAX_SUBSETS = 4_000_000
-
-
-def _is_tracer(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _subsets(p: int, d: int) -> np.ndarray:

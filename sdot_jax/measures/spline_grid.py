@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._checks import as_float_array, check_finite, check_values
+from .._checks import as_float_array, check_finite, check_values, concrete_when_given_concrete
 from ._grid_integrals import (AbstractGridDensity, GridMoments, GridMoments3D, WINDOW_2D, WINDOW_3D, blur,
                               frame_of, grid_interior_point)
 
@@ -81,6 +81,7 @@ class SplineGrid(AbstractGridDensity):
     degree: int = eqx.field(static=True)
     window: int = eqx.field(static=True)
 
+    @concrete_when_given_concrete
     def __init__(self, values: Any, degree: int = 1, origin: Any = None, frame: Any = None,
                  window: int | None = None):
         values = as_float_array(values, "values")
