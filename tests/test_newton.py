@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import box_halfspaces, reference_diagram
 
-from sdot_jax import Box, api, optimal_transport_plan
+from sdot_jax import Box, SumOfDiracs, api, optimal_transport_plan
 from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve.newton import Status, newton
 from sdot_jax.solve.start import initial_weights
@@ -81,6 +81,34 @@ def test_jit_equals_eager(problem):
     eager = optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps)
     jitted = jax.jit(lambda y: optimal_transport_plan(y, Box(), tol=1e-10, capacities=caps).weights)(y)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager.weights), rtol=1e-9, atol=1e-12)
+
+
+def test_a_solve_in_morton_order_hands_back_every_cell_under_its_own_dirac():
+    """Beyond `linear.DENSE_LIMIT` Newton runs in the seeds' Morton order: the weights, and the
+    plan's diagram (its rows and its candidates' names), come back in the Diracs' own order.
+    Unequal masses (a row left in Morton order would miss its own), and a sample of cells against
+    scipy's half-space intersections at the returned weights."""
+    rng = np.random.default_rng(5)
+    n = 2500
+    y = rng.random((n, 2))
+    masses = rng.uniform(0.5, 1.5, n)
+    a = masses / masses.sum()
+    plan = optimal_transport_plan(SumOfDiracs(jnp.asarray(y), jnp.asarray(masses)), Box(), tol=1e-10)
+    assert plan.stats.converged
+    np.testing.assert_allclose(np.asarray(plan.cell_masses), a, rtol=1e-9)
+    sample = np.arange(0, n, n // 25)
+    ref = reference_diagram(y, np.asarray(plan.weights), *box_halfspaces([0, 0], [1, 1]), hessian=True,
+                            cells=sample)
+    mass = np.asarray(plan.diagram.mass)
+    first = np.asarray(plan.diagram.first_moment) + mass[:, None] * y
+    np.testing.assert_allclose(mass[sample], ref["mass"][sample], rtol=1e-9)
+    np.testing.assert_allclose(first[sample], ref["first"][sample], rtol=1e-9, atol=1e-14)
+    for i in sample:
+        got = {int(j): float(f) for j, f in zip(np.asarray(plan.diagram.candidates[i]),
+                                                 np.asarray(plan.diagram.facet_mass[i])) if j < n and f > 0}
+        want = {int(j): float(ref["facet"][i, j]) for j in ref["facet"][i].indices}
+        assert got.keys() == want.keys(), i
+        np.testing.assert_allclose([got[j] for j in want], list(want.values()), rtol=1e-9)
 
 
 def test_short_fallback_stops_and_is_grown_without_compiling_again():
