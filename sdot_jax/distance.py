@@ -24,13 +24,17 @@ def dual_value(plan: TransportPlan) -> Float[Array, ""]:
     positions, masses and density parameters are those of $W_2^2$ (envelope theorem): no linear
     solve on the backward pass.  In particular $\nabla_{y_i} W_2^2 = 2 a_i (y_i - b_i)$.
     """
-    return _dual(plan.positions, plan.masses, plan.weights, plan.target, plan.capacities)
+    n = plan.positions.shape[0]
+    # The plan's neighbours lead the search, as Newton's did: the plan's capacities were sized
+    # for Newton's trial diagrams, whose candidates are led by the last diagram's neighbours.
+    prior = jax.lax.stop_gradient(jnp.where(plan.diagram.facet_mass > 0, plan.diagram.candidates, n))
+    return _dual(plan.positions, plan.masses, plan.weights, plan.target, plan.capacities, prior)
 
 
 @jit
-def _dual(y, a, psi, density, capacities):
+def _dual(y, a, psi, density, capacities, prior=None):
     psi = jax.lax.stop_gradient(psi)
-    diagram = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities)).complete()
+    diagram = power_diagram(y, psi, density, capacities, grid_for(y, density, capacities), prior=prior).complete()
     second = jnp.trace(diagram.second_moment, axis1=1, axis2=2)
     cells = jnp.sum(second - psi * diagram.mass) / density.total_mass()
     return jnp.sum(a * psi) + cells
