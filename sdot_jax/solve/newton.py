@@ -122,7 +122,8 @@ def newton(
     hessian_density=None,
 ) -> tuple[Float[Array, " n"], SolveStats, Diagram]:
     r"""Run damped Newton from ``psi0``; ``a`` must sum to 1 (the density is normalised here).
-    Returns the last accepted weights, how the solve went and their power diagram.
+    Returns the last accepted weights, how the solve went and their power diagram, in the
+    seeds' order (beyond ``linear.DENSE_LIMIT`` seeds the solve itself runs in their Morton order).
 
     One ``while_loop`` evaluates one power diagram per pass (the first pass at ``psi0``, then
     every line-search trial), so the diagram is traced and compiled once.  A trial whose diagram
