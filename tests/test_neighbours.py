@@ -43,6 +43,26 @@ def test_pools_hold_exactly_the_seeds_of_the_blocks_around():
             np.testing.assert_array_equal(np.sort(members[members < N]), expected)
 
 
+def test_grid_diagram_certifies_every_cell_of_a_polygon_with_many_sides():
+    """A regular 14-gon as the domain: its own 14 vertices fill most of the 2D first pass's fewer
+    vertex slots before any bisector (12 of 16 left every cell overflowed, uncertified and the
+    diagram short); the first pass keeps all its slots then.  Every cell certified at the start,
+    and the masses sum to the 14-gon's area, (m / 2) sin(2 pi / m)."""
+    from sdot_jax import ConvexHull
+    from sdot_jax.geometry.diagram import grid_for
+    from sdot_jax.solve.start import initial_weights
+
+    m, n = 14, 5000
+    t = 2 * np.pi * (np.arange(m) + 0.5) / m
+    polygon = ConvexHull(jnp.asarray(np.stack([np.cos(t), np.sin(t)], 1)))
+    y = np.random.default_rng(0).uniform(-1, 1, (4 * n, 2))
+    y = jnp.asarray(y[np.linalg.norm(y, axis=1) < 0.8][:n])
+    caps = Capacities.default(n, 2, np.asarray(y), polygon)
+    diagram = jax.jit(power_diagram)(y, initial_weights(y, polygon), polygon, caps, grid_for(y, polygon, caps))
+    assert int(jnp.sum(~diagram.certified)) == 0 and not bool(diagram.short)
+    np.testing.assert_allclose(float(jnp.sum(diagram.mass)), m / 2 * np.sin(2 * np.pi / m), rtol=1e-12)
+
+
 def test_grid_diagram_partitions_the_square_uniform_and_clustered():
     """At zero weights every cell is certified, the areas sum to the square's, and a sample of
     cells agrees with scipy's half-space intersection against every seed.  Each cloud has its own

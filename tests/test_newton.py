@@ -9,6 +9,7 @@ from helpers import box_halfspaces, reference_diagram
 
 from sdot_jax import Box, SumOfDiracs, api, optimal_transport_plan
 from sdot_jax.geometry.diagram import Capacities
+from sdot_jax.solve import linear
 from sdot_jax.solve.newton import Status, newton
 from sdot_jax.solve.start import initial_weights
 
@@ -90,6 +91,7 @@ def test_a_solve_in_morton_order_hands_back_every_cell_under_its_own_dirac():
     scipy's half-space intersections at the returned weights."""
     rng = np.random.default_rng(5)
     n = 2500
+    assert n > linear.DENSE_LIMIT  # (the Morton path)
     y = rng.random((n, 2))
     masses = rng.uniform(0.5, 1.5, n)
     a = masses / masses.sum()

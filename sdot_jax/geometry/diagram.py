@@ -426,14 +426,18 @@ def split_for(d: int, k: int, loop: bool = False) -> tuple[int, int] | None:
 FIRST_WITH_LOOP = {2: 12, 3: 24}
 
 
-def first_pass_vertices(d: int, capacity: int) -> int:
+def first_pass_vertices(d: int, capacity: int, half_spaces: int = 0) -> int:
     """Vertex slots of the grid search's first pass: in 3D, 5/8 of ``capacity`` (40 of 64 hold
     every cell of 1e4 uniform seeds at the optimum (at most 40 vertices, 23 on average), and clip
     and integrate ~1.5x faster); in 2D, 3/4 (12 of 16: 1e5 uniform seeds have at most 13 facets
     at zero weights, 26 cells 12 or more, at most 12 at the optimum; Newton's trial diagram there
     0.82 -> 0.67 s).  A cell that needs more is redone by the ring stage with all ``capacity``
-    slots."""
-    return {2: capacity * 3 // 4, 3: capacity * 5 // 8}.get(d, capacity)
+    slots.  All of them when the domain itself (the box clipped by the density's
+    ``half_spaces``: up to 4 + p vertices in 2D, 2p + 8 in 3D) may fill half the fewer: a
+    14-gon filled every cell's 12 slots before its first bisector."""
+    fewer = {2: capacity * 3 // 4, 3: capacity * 5 // 8}.get(d)
+    domain = {2: 4 + half_spaces, 3: 2 * half_spaces + 8}.get(d)
+    return capacity if fewer is None or 2 * domain > fewer else fewer
 
 
 #: Vertex-seed pairs of the pool test per batch of cells (at most 4096 cells in 2D, 256 in 3D).
@@ -788,7 +792,8 @@ def power_diagram(
         split = split_for(d, k, loops)
         # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
         known = jnp.minimum(jnp.sum(prior < n, 1), k) if loops and split is not None and prior is not None else None
-        out = _cells(jnp.arange(n), cand, y, psi, density, first_pass_vertices(d, capacities.vertices),
+        slots = first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0])
+        out = _cells(jnp.arange(n), cand, y, psi, density, slots,
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
                      survivors=SURVIVORS.get(d))
         out = _overflow_to_next_stage(out)  # the ring stage has all of the slots
