@@ -653,6 +653,28 @@ def test_cells_that_overflow_the_ring_stage_get_twice_the_slots_in_the_exhaustiv
     assert 2 * int(jnp.max(jnp.sum(reference.facet_mass > 0, 1))) - 4 > 32
 
 
+def test_an_uncertified_cell_s_mass_bounds_its_true_mass_from_above():
+    """Newton rejects a trial whose uncertified cell has less mass than `eps0` (`doomed`): a cell
+    clipped by only some of the seeds contains the true cell.  So must a cell whose first pass
+    overflowed and that no fallback stage redid (budgets of 1 row): its polygon means nothing,
+    and its mass is inf (it was anything, 559 of 650 such cells below their true mass)."""
+    n, d = 1000, 3
+    rng = np.random.default_rng(11)
+    y = jnp.asarray(rng.random((n, d)))
+    psi = jnp.asarray(0.001 * rng.standard_normal(n))
+    density = Box().with_dim(d)
+    grid_caps = neighbours.grid_capacity(np.asarray(y), 40.0)
+    starved = Capacities(32, 48, 1, grid_caps, exhaustive=1)
+    grid = neighbours.build_grid(y, *grid_caps)
+    diagram = jax.jit(lambda y, psi: power_diagram(y, psi, density, starved, grid, loops=True))(y, psi)
+    reference = jax.jit(lambda y, psi: power_diagram(y, psi, density, Capacities.default(n, d)))(y, psi)
+    assert bool(jnp.all(reference.certified)) and not bool(jnp.any(reference.overflow))
+    trusted = ~np.asarray(diagram.certified) & ~np.asarray(diagram.overflow)
+    assert trusted.sum() > n // 10
+    mass, true = np.asarray(diagram.mass), np.asarray(reference.mass)
+    assert np.all(mass[trusted] >= true[trusted] * (1 - 1e-12)), np.min(mass[trusted] / true[trusted])
+
+
 def test_the_exhaustive_stage_says_when_it_is_short_and_certifies_when_grown():
     """Diracs drawn from a Gaussian, at zero weights: the cells of its sparse tails are many grid
     cells long, and the ring stage leaves some to the exhaustive stage.  With room for 8 of them

@@ -547,6 +547,9 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     if two_phase:
         ok = ok | _where_open(open_, lambda p: jax.vmap(exact)(order[p], jax.tree.map(lambda a: a[p], poly)),
                               chunk=batch)
+    # An overflowed polygon's vertices are meaningless: its mass is no bound of the cell's (a later
+    # stage may redo it; Newton takes an uncertified cell's mass as an upper bound otherwise).
+    mass = jnp.where(poly.overflow, jnp.inf, mass)
     out = mass, first, second, facets, ok, poly.overflow
     if known is None:
         return out

@@ -232,7 +232,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
         # A trial at a long step that is short of fallback or window is most likely a wild one
         # that the line search rejects anyway: stop to grow capacities only from GROW_BELOW_STEP.
         may_grow = (initial | (s.t <= GROW_BELOW_STEP)) & ~doomed
-        window_short = ~jnp.all(jnp.isfinite(m_t)) & stop_on_nan & may_grow
+        window_short = jnp.any(jnp.isnan(m_t)) & stop_on_nan & may_grow  # (overflowed cells: inf)
         failed = overflowed | uncertain | window_short
         # Strictly: once t / 2 is below the working precision's resolution, (1 - t / 2) rounds to
         # 1 and a trial that changed nothing would pass (float32 at its floor: 50 steps of 2^-24).
