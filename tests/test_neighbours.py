@@ -629,46 +629,47 @@ def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking(
     assert missed > n // 20  # the distance ranking alone misses some
 
 
-def test_cells_that_overflow_the_ring_stage_get_twice_the_slots_in_the_exhaustive_stage():
+@pytest.fixture(scope="module")
+def cloud_3d():
+    """1000 uniform seeds in the unit cube with small random weights: their grid (40 per cell)
+    and their diagram by the exhaustive search with 64 vertex slots (all certified)."""
+    n, d = 1000, 3
+    rng = np.random.default_rng(11)
+    y = jnp.asarray(rng.random((n, d)))
+    psi = jnp.asarray(0.001 * rng.standard_normal(n))
+    density = Box().with_dim(d)
+    grid_caps = neighbours.grid_capacity(np.asarray(y), 40.0)
+    exhaustive = Capacities.default(n, d)
+    assert exhaustive.grid is None and exhaustive.vertices == 64
+    reference = jax.jit(lambda y, psi: power_diagram(y, psi, density, exhaustive))(y, psi)
+    assert bool(jnp.all(reference.certified)) and not bool(jnp.any(reference.overflow))
+    return y, psi, density, grid_caps, neighbours.build_grid(y, *grid_caps), reference
+
+
+def test_cells_that_overflow_the_ring_stage_get_twice_the_slots_in_the_exhaustive_stage(cloud_3d):
     """3D grid search with 32 vertex slots (the first pass holds 20): cells with more vertices
     overflow it and the ring stage, and are redone exhaustively with 64; the masses are those of
     the exhaustive search with 64 slots.  Some cells do need more than 32: a simple polytope with
     F facets has 2F - 4 vertices (Euler: V - E + F = 2, 2E = 3V), and some cell has more than
     18 facets with other seeds alone."""
-    n, d = 1000, 3
-    rng = np.random.default_rng(11)
-    y = jnp.asarray(rng.random((n, d)))
-    psi = jnp.asarray(0.001 * rng.standard_normal(n))
-    density = Box().with_dim(d)
-    grid_caps = neighbours.grid_capacity(np.asarray(y), 40.0)
+    y, psi, density, grid_caps, grid, reference = cloud_3d
+    n = y.shape[0]
     small = Capacities(32, 48, n, grid_caps)
-    grid = neighbours.build_grid(y, *grid_caps)
     diagram = jax.jit(lambda y, psi: power_diagram(y, psi, density, small, grid))(y, psi)
     assert bool(jnp.all(diagram.certified)) and not bool(jnp.any(diagram.overflow)) and not bool(diagram.short)
-    exhaustive = Capacities.default(n, d)
-    assert exhaustive.grid is None and exhaustive.vertices == 64
-    reference = jax.jit(lambda y, psi: power_diagram(y, psi, density, exhaustive))(y, psi)
-    assert bool(jnp.all(reference.certified)) and not bool(jnp.any(reference.overflow))
     np.testing.assert_allclose(np.asarray(diagram.mass), np.asarray(reference.mass), rtol=1e-11, atol=1e-15)
     assert 2 * int(jnp.max(jnp.sum(reference.facet_mass > 0, 1))) - 4 > 32
 
 
-def test_an_uncertified_cell_s_mass_bounds_its_true_mass_from_above():
+def test_an_uncertified_cell_s_mass_bounds_its_true_mass_from_above(cloud_3d):
     """Newton rejects a trial whose uncertified cell has less mass than `eps0` (`doomed`): a cell
     clipped by only some of the seeds contains the true cell.  So must a cell whose first pass
     overflowed and that no fallback stage redid (budgets of 1 row): its polygon means nothing,
     and its mass is inf (it was anything, 559 of 650 such cells below their true mass)."""
-    n, d = 1000, 3
-    rng = np.random.default_rng(11)
-    y = jnp.asarray(rng.random((n, d)))
-    psi = jnp.asarray(0.001 * rng.standard_normal(n))
-    density = Box().with_dim(d)
-    grid_caps = neighbours.grid_capacity(np.asarray(y), 40.0)
+    y, psi, density, grid_caps, grid, reference = cloud_3d
+    n = y.shape[0]
     starved = Capacities(32, 48, 1, grid_caps, exhaustive=1)
-    grid = neighbours.build_grid(y, *grid_caps)
     diagram = jax.jit(lambda y, psi: power_diagram(y, psi, density, starved, grid, loops=True))(y, psi)
-    reference = jax.jit(lambda y, psi: power_diagram(y, psi, density, Capacities.default(n, d)))(y, psi)
-    assert bool(jnp.all(reference.certified)) and not bool(jnp.any(reference.overflow))
     trusted = ~np.asarray(diagram.certified) & ~np.asarray(diagram.overflow)
     assert trusted.sum() > n // 10
     mass, true = np.asarray(diagram.mass), np.asarray(reference.mass)
