@@ -24,10 +24,9 @@ def dual_value(plan: TransportPlan) -> Float[Array, ""]:
     positions, masses and density parameters are those of $W_2^2$ (envelope theorem): no linear
     solve on the backward pass.  In particular $\nabla_{y_i} W_2^2 = 2 a_i (y_i - b_i)$.
     """
-    n = plan.positions.shape[0]
     # The plan's neighbours lead the search, as Newton's did: the plan's capacities were sized
     # for Newton's trial diagrams, whose candidates are led by the last diagram's neighbours.
-    prior = jax.lax.stop_gradient(jnp.where(plan.diagram.facet_mass > 0, plan.diagram.candidates, n))
+    prior = jax.lax.stop_gradient(plan.diagram.neighbours)
     return _dual(plan.positions, plan.masses, plan.weights, plan.target, plan.capacities, prior)
 
 

@@ -135,6 +135,12 @@ class Diagram(eqx.Module):
     short: Bool[Array, ""]  # more cells needed a fallback stage than its `Capacities.fallback`
 
     @property
+    def neighbours(self) -> Int[Array, "n k"]:
+        """The candidates that share a facet of positive mass with the cell, the others as n (the
+        ``prior`` of `power_diagram` for a diagram at nearby weights)."""
+        return jnp.where(self.facet_mass > 0, self.candidates, self.mass.shape[0])
+
+    @property
     def incomplete(self) -> Bool[Array, ""]:
         """Whether a cell overflowed its vertex slots or was left uncertified (``short`` implies
         the latter: a stage short of budget does not run, and its cells stay uncertified)."""

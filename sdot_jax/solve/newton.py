@@ -157,7 +157,7 @@ def newton(
     # the solve 9.07 -> 7.78 s; 3D 1e5, whose cells cost more than their gathers: no change).
     order = multigrid.morton_order(jax.lax.stop_gradient(y))
     psi, stats, diagram = _newton(y[order], a[order], density, psi0[order], capacities, tol, max_iter, verbose,
-                                  stop_when_short, hessian_density, sorted_=True)
+                                  stop_when_short, hessian_density)
     inverse = jnp.zeros((n,), order.dtype).at[order].set(jnp.arange(n, dtype=order.dtype))
     return psi[inverse], stats, _relabelled(diagram, order, inverse)
 
@@ -172,14 +172,13 @@ def _relabelled(diagram: Diagram, order: Int[Array, " n"], inverse: Int[Array, "
                    back(diagram.certified), back(diagram.overflow), diagram.short)
 
 
-def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_short, hessian_density,
-            sorted_: bool = False):
-    """`newton` in the seeds' own order; ``sorted_``: they are in Morton order already."""
+def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_short, hessian_density):
+    """`newton` in the seeds' own order: Morton order beyond ``linear.DENSE_LIMIT`` (see `newton`)."""
     n, d = y.shape
     total = density.total_mass()
     stop_on_nan = stop_when_short and hasattr(density, "with_window")
     grid = grid_for(y, density, capacities)
-    order = jnp.arange(n, dtype=jnp.int32) if sorted_ else None
+    order = jnp.arange(n, dtype=jnp.int32) if n > linear.DENSE_LIMIT else None  # (the seeds' Morton order)
     k = capacities.candidates
     dtype = a.dtype
     floor = PRECISION_FLOOR * jnp.finfo(dtype).eps * n ** (2 / d)
@@ -225,8 +224,9 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
         # is an upper bound: one below eps0 rejects the trial whatever the missing seeds would
         # cut, and no capacity is blamed (the Gaussian mixture at n = 1e4: the trials at t = 1
-        # ... 1/32 emptied cells and left up to 8538 cells uncertified).
-        doomed = ~initial & jnp.any(~diagram.overflow & (m_t < eps0))
+        # ... 1/32 emptied cells and left up to 8538 cells uncertified).  (An overflowed cell's
+        # mass is inf: `diagram._cells`.)
+        doomed = ~initial & jnp.any(m_t < eps0)
         overflowed = jnp.any(diagram.overflow) & ~doomed
         uncertain = ~jnp.all(diagram.certified) & ~doomed
         # A trial at a long step that is short of fallback or window is most likely a wild one
@@ -328,9 +328,7 @@ def _evaluate(last, y, psi, reuse, density, capacities, grid):
     Newton solve of 1e4 uniform seeds in 3D, the first pass then leaves 1043, 366, 736, 354 cells
     to the fallback stages where ranking the pools leaves 1102, 389, 779, 366 (325 and 325 near
     the optimum)."""
-    n = y.shape[0]
-    prior = jnp.where(last.facet_mass > 0, last.candidates, n)
-    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=prior, loops=True,
+    return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=last.neighbours, loops=True,
                          previous=last.candidates, reuse=reuse)
 
 
