@@ -13,8 +13,9 @@ first pass from bounds shared by the cells of a grid cell (`neighbours.pool_boun
 stage in the seed's own gauge (`neighbours.excluded`).  Seeds of the pool: every vertex satisfies
 their bisectors, up to rounding (O(vertices x pool) per cell).
 
-Cells that fail are recomputed with more candidates and the exact test, then with an exhaustive
-search, and what still fails is reported in ``Diagram.certified`` -- never returned as if it
+Cells that fail are recomputed with more candidates and the exact test (from the grid cells that
+may cut them, then from two rings of grid cells), then with an exhaustive search, and what still
+fails is reported in ``Diagram.certified`` -- never returned as if it
 were right.
 """
 
@@ -642,6 +643,50 @@ def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, prior, *, 
                  split, loop)
 
 
+def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int, loop: bool = False):
+    """Redo the cells ``rows`` with k candidates from the seeds of every grid cell that may cut
+    the polygon P0 their current candidates clip (`neighbours.open_block_pool`): P0's own facets
+    first, then the pool's seeds that cut it deepest (as `_deepest_cuts`).  Certified with that
+    pool, nothing else: the cell P clipped by its pool (certified against it by `_cells`) lies
+    in P0, whose facets come first, and no seed outside the pool cuts P0.  An empty P0 keeps
+    its candidates (the cell is empty).  A pool that does not fit, or a P0 that overflowed,
+    leaves the cell uncertified for the next stage.  Long cells of non-uniform Diracs (near a
+    line, a Gaussian's tails), which the ring stage's bounds leave by the thousand, need no
+    ring here: the whole grid is searched in two levels."""
+    n, d = y.shape
+    kernel = kernel_for(d)
+    width = grid.widths[0]
+    current = out[6]
+    ys, psis = jax.lax.stop_gradient((y, psi))  # the search only ranks and selects
+    y_pad = jnp.concatenate([ys, jnp.zeros((1, d), y.dtype)])
+    psi_pad = jnp.concatenate([psis, jnp.zeros((1,), psi.dtype)])
+
+    def one(args):
+        i, idx = args
+        poly = clip_cell(ys[i], psis[i], idx, y_pad, psi_pad, density, capacity)
+        verts, live = poly.vertices, kernel.live_mask(poly)
+        pool, fits = neighbours.open_block_pool(grid, field, ys[i], psis[i], ys[i] + verts, live, width)
+        r = jnp.sqrt(kernel.squared_radius(poly))
+        ids = jnp.concatenate([idx, pool])
+        excess, tol = _excess(verts, live, r, ys[i], psis[i], y_pad[ids], psi_pad[ids])
+        boundary = (jnp.abs(excess) <= tol) | kernel.is_empty(poly)
+        own = jnp.arange(ids.shape[0]) < idx.shape[0]
+        # P0's facets (its own candidates on its boundary) first, then the pool's deepest cuts.
+        score = jnp.where(own, jnp.where(boundary, jnp.inf, -jnp.inf), jnp.where(boundary, -jnp.inf, excess))
+        score = jnp.where((ids == i) | (ids >= n), -jnp.inf, score).astype(jnp.float32)
+        best, at = jax.lax.top_k(score, k)
+        none = jnp.isneginf(best)
+        slot = jnp.where(none | (at < idx.shape[0]), width, at - idx.shape[0])
+        reach = jnp.where(fits & ~poly.overflow, jnp.inf, 0.0).astype(y.dtype)
+        return jnp.where(none, n, ids[at]).astype(idx.dtype), slot, pool, reach
+
+    def search(rows):
+        index, slot, pool, reach = jax.vmap(one)((rows, current[rows]))
+        return neighbours.Candidates(index, pool, slot, reach, jnp.zeros((rows.shape[0], d), y.dtype))
+
+    return _redo(out, rows, search, y, psi, density, capacity, split=split_for(d, k, loop), loop=loop)
+
+
 def _exhaustive_stage(out, rows, y, psi, density, *, k: int, capacity: int):
     """Redo the cells ``rows`` with k candidates among all seeds: the nearest (see
     `neighbours.brute_force`), then those that cut the cell they clip deepest (`_deepest_cuts`,
@@ -670,6 +715,8 @@ def _redo_uncertified(stage, out, *operands, size, hopeless, cond, loop: bool = 
     uncertified: then it stays uncertified whatever the stage does, is not run, and is reported
     so at once."""
     n = out[0].shape[0]
+    if isinstance(size, int) and size == 0:  # no budget: the stage does not run
+        return out, jnp.sum(~out[4]) > hopeless
     if isinstance(size, int) and not loop:
         chunks = -(-size // (REDO_CHUNK * batches.scale()))
         chunk = -(-size // chunks)
@@ -807,17 +854,21 @@ def power_diagram(
                      survivors=SURVIVORS.get(d))
         out = _overflow_to_next_stage(out)  # the ring stage has all of the slots
     out = out + (cand.index,)
-    # Re-search the uncertified cells: first with 2x more candidates from the grid cells two rings
-    # around the seed's (up to `fallback` cells; most cells the first pass leaves are only short
-    # of a proof that no seed beyond the first ring cuts them; the far field bounded by balls,
-    # then, for the long cells still left, vertex by vertex), then with 4x more exhaustively
-    # (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each
-    # stage runs only when it can help.
+    # Re-search the uncertified cells (up to `fallback` of them; most cells the first pass leaves
+    # are only short of a proof that no seed beyond the first ring cuts them): first with 2x more
+    # candidates from the grid cells that may cut the polygon, over the whole grid (`_block_stage`);
+    # then from the grid cells two rings around the seed's (the far field bounded by balls, then,
+    # for the long cells still left, vertex by vertex); then with 4x more exhaustively (O(n) each:
+    # ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each stage runs only
+    # when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
     short = jnp.array(False)
     if k2 > k:
         if capacities.grid is not None:
             size = capacities.exhaustive_rows(n)
+            stage = functools.partial(_block_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
+            out, short = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
+                                           hopeless=capacities.fallback + size, cond=cond, loop=loops)
             stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
 
             def ring_pass(carry, at_vertices):
