@@ -11,7 +11,7 @@
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping (by every candidate, and in two where the first pass splits it), integration,
 pool certificate, far-field and pool bounds, the first pass (all of these and the far test), the
-ring stage, the whole diagram and a multigrid-CG solve.
+block stage, the whole diagram and a multigrid-CG solve.
 """
 
 import functools
@@ -111,12 +111,12 @@ def main():
     print("uncertified after the first pass", left)
     if left:
         out = first + (cand.index,)
-        stage = functools.partial(dg._ring_stage, k=2 * k, capacity=caps.vertices, loop=loops)
-        for at_vertices in (False, True):
-            out, _ = timeit(f"ring stage, {'vertices' if at_vertices else 'balls'} ({left} of {caps.fallback} rows)",
-                            lambda out, flag: dg._redo_uncertified(stage, out, flag, y, psi, density, grid, field, prior,
-                                                                   size=caps.fallback, hopeless=n, cond=jax.lax.cond),
-                            out, jnp.array(at_vertices))
+        stage = functools.partial(dg._block_stage, k=2 * k, capacity=caps.vertices, loop=loops)
+        for round_ in (1, 2):
+            out, _ = timeit(f"block stage, round {round_} ({left} of {caps.fallback} rows)",
+                            lambda out: dg._redo_uncertified(stage, out, y, psi, density, grid, field,
+                                                             size=caps.fallback, hopeless=n, cond=jax.lax.cond),
+                            out)
             left = int((~out[4]).sum())
             print("uncertified after it", left)
             if not left:

@@ -127,13 +127,13 @@ def optimal_transport_plan(
 
 def grown_after(capacities: Capacities, stats, n: int) -> Capacities:
     """The capacities to retry with after a ``Status.capacity`` stop that was not the window's:
-    the fallback when it was short (the ring stage's rows, then, once they are all n cells, the
+    the fallback when it was short (the block stage's rows, then, once they are all n cells, the
     exhaustive stage's), else the candidates when cells were uncertified, and the vertex slots
     when a cell overflowed."""
     short = bool(stats.fallback_short)
-    ring_full = capacities.grid is not None and capacities.fallback >= n
-    return capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short and not ring_full,
-                            exhaustive=short and ring_full, candidates=bool(stats.uncertified) and not short, n=n)
+    fallback_full = capacities.grid is not None and capacities.fallback >= n
+    return capacities.grown(vertices=bool(stats.vertex_overflow), fallback=short and not fallback_full,
+                            exhaustive=short and fallback_full, candidates=bool(stats.uncertified) and not short, n=n)
 
 
 def _solve(diracs: SumOfDiracs, density: AbstractDensity, *, tol, max_iter, weights, verbose,

@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,20 +28,18 @@ def _diagram(y, psi, caps):
 
 
 def test_pools_hold_exactly_the_seeds_of_the_blocks_around():
-    """Each seed's ring-1 (ring-2) pool is the set of seeds in the 3x3 (5x5) grid cells around its
-    own, packed into a width that does not grow with n (memory linear in n)."""
+    """Each seed's pool is the set of seeds in the 3x3 grid cells around its own, packed into a
+    width that does not grow with n (memory linear in n)."""
     y = np.random.default_rng(0).random((N, 2))
     caps = Capacities.default(N, 2, y)
     grid = neighbours.build_grid(jnp.asarray(y), *caps.grid)
     assert grid.pool.shape == (N, caps.grid[1]) and caps.grid[1] < 9 * 24 * 1.5
     coords = np.asarray(grid.coords)
     rows = np.arange(0, N, 97)
-    for ring, (pool, reach) in ((1, (grid.pool[rows], grid.reach[rows])),
-                                (2, neighbours.ring_pool(grid, jnp.asarray(y), jnp.asarray(rows), 2))):
-        assert pool.shape[1] == caps.grid[ring] and np.all(np.asarray(reach) > 0)
-        for row, members in zip(rows, np.asarray(pool)):
-            expected = np.nonzero(np.all(np.abs(coords - coords[row]) <= ring, 1))[0]
-            np.testing.assert_array_equal(np.sort(members[members < N]), expected)
+    assert np.all(np.asarray(grid.reach[rows]) > 0)
+    for row, members in zip(rows, np.asarray(grid.pool[rows])):
+        expected = np.nonzero(np.all(np.abs(coords - coords[row]) <= 1, 1))[0]
+        np.testing.assert_array_equal(np.sort(members[members < N]), expected)
 
 
 def test_grid_diagram_certifies_every_cell_of_a_polygon_with_many_sides():
@@ -251,11 +250,12 @@ def test_long_cells_beyond_the_hull_are_certified_exactly(cloud):
 
 
 def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells():
-    """`neighbours.excluded_at_vertices` claims that no seed beyond a cell's ring-2 pool cuts it.
-    Checked against every such seed at every vertex (where the cut would show: the power
-    difference to a seed is affine), for weights whose quadratic part stretches (alpha < 0) or
-    shrinks (alpha > 0) the cells 2-4 fold.  The ball bound of `neighbours.excluded` certified
-    8% and 17% of these cells; the vertex bound must reach nearly all those truly certifiable."""
+    """`neighbours._blocks_excluded_at` claims, grid cell by grid cell, that no seed of the grid
+    cells beyond the 5x5 around a cell's own cuts it.  Checked against every such seed at every
+    vertex (where the cut would show: the power difference to a seed is affine), for weights
+    whose quadratic part stretches (alpha < 0) or shrinks (alpha > 0) the cells 2-4 fold.  A
+    bound over a ball around the cell certified 8% and 17% of these cells; the vertex bound must
+    reach nearly all those truly certifiable."""
     from sdot_jax.geometry import diagram
     from sdot_jax.geometry.kernels import kernel_for
 
@@ -264,6 +264,10 @@ def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells
     kernel = kernel_for(2)
     box = Box(-3 * np.ones(2), 4 * np.ones(2)).with_dim(2)
     grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0))
+
+    blocks = neighbours._unflat(grid.cells)
+    slack = neighbours._slack(grid, y.dtype)
+    block_lo, block_hi = grid.lo + blocks * grid.size - slack, grid.lo + (blocks + 1) * grid.size + slack
 
     @jax.jit
     def claims(psi):
@@ -274,9 +278,12 @@ def test_far_field_bound_vertex_by_vertex_is_sound_and_certifies_stretched_cells
         def check(i):
             poly = diagram.clip_cell(y[i], psi[i], cand.index[i], y_pad, psi_pad, box, 32)
             verts, live = y[i] + poly.vertices, kernel.live_mask(poly)
-            claim = neighbours.excluded_at_vertices(grid, field, grid.coords[i], y[i], psi[i], verts, live, ring=2)
-            beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 2, -1)
             own = jnp.sum((verts - y[i]) ** 2, -1) - psi[i]
+            far = jnp.any(jnp.abs(blocks - grid.coords[i]) > 2, -1)
+            excluded = neighbours._blocks_excluded_at(jnp.where(far, field.fine_top, -jnp.inf), field.fine_slope,
+                                                      field.fine_largest, block_lo, block_hi, verts, live, own)
+            claim = jnp.all(excluded)
+            beyond = jnp.any(jnp.abs(grid.coords - grid.coords[i]) > 2, -1)
             other = jnp.sum((verts[:, None] - y[None]) ** 2, -1) - psi[None]
             return claim, jnp.min(jnp.where(live[:, None] & beyond[None], other - own[:, None], jnp.inf))
 
@@ -532,7 +539,7 @@ def test_crowded_clouds_get_finer_grid_cells(d):
     crowded = (0.5 + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
     mean_based = neighbours.cells_per_axis(np.ptp(crowded, 0).astype(np.float64), n, per_cell)
     assert seen(crowded, mean_based) > 2.5 * per_cell
-    cells, width, _ = neighbours.grid_capacity(crowded, per_cell)
+    cells, width = neighbours.grid_capacity(crowded, per_cell)
     assert seen(crowded, cells) < neighbours.CROWDED * per_cell or np.prod(cells) >= 0.9 * 16 * n / per_cell
     assert width == fullest_block(crowded, cells) + 4
     assert width < 0.6 * fullest_block(crowded, mean_based)
@@ -557,24 +564,22 @@ def test_cells_per_axis_are_near_cubes_holding_about_the_asked_count(extent, n, 
 
 
 def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
-    """`neighbours.pool_slots` against matching ids in the pools `ring_pool` packs (rings 1 and
-    2, with ids outside the pool and padding); ranked `first`, known neighbours lead the
-    candidates, and a diagram searched that way is the same diagram."""
+    """`neighbours.pool_slots` against matching ids in the grid's pools (with ids outside the
+    pool and padding); ranked `first`, known neighbours lead the candidates, and a diagram
+    searched that way is the same diagram."""
     y = np.random.default_rng(3).random((N, 2))
     caps = Capacities.default(N, 2, y)
     grid = neighbours.build_grid(jnp.asarray(y), *caps.grid)
     rng = np.random.default_rng(4)
     rows = jnp.asarray(rng.choice(N, 200, replace=False))
     index = jnp.asarray(np.concatenate([rng.integers(0, N, (200, 40)), np.full((200, 3), N)], 1))
-    for ring in (1, 2):
-        pool, slots = (np.asarray(a) for a in jax.jit(lambda grid, rows, index: (
-            neighbours.ring_pool(grid, jnp.asarray(y), rows, ring)[0],
-            neighbours.pool_slots(grid, rows, index, ring)))(grid, rows, index))
-        width = pool.shape[1]
-        for p, ids, s in zip(pool, np.asarray(index), slots):
-            found = np.array([np.flatnonzero(p == i)[0] if i < N and np.any(p == i) else width for i in ids])
-            np.testing.assert_array_equal(s, found)
-        assert np.mean(slots < width) > 0.005  # some ids are in the pools (ring 1: 9 grid cells of ~210)
+    pool, slots = (np.asarray(a) for a in jax.jit(lambda grid, rows, index: (
+        grid.pool[rows], neighbours.pool_slots(grid, rows, index)))(grid, rows, index))
+    width = pool.shape[1]
+    for p, ids, s in zip(pool, np.asarray(index), slots):
+        found = np.array([np.flatnonzero(p == i)[0] if i < N and np.any(p == i) else width for i in ids])
+        np.testing.assert_array_equal(s, found)
+    assert np.mean(slots < width) > 0.005  # some ids are in the pools (9 grid cells of ~210)
 
     psi = jnp.asarray(1e-5 * np.random.default_rng(5).standard_normal(N))
     plain = _diagram(y, psi, caps)
@@ -592,8 +597,8 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
 
 def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking():
     """A neighbour ranked beyond k by distance cuts the cell of the k nearest; re-ranked once by
-    how deep pool seeds cut it (as the ring stage's last pass does), every true neighbour is a
-    candidate (the reference: each cell clipped by all other seeds)."""
+    how deep the seeds cut it (as the exhaustive stage does), every true neighbour is a candidate
+    (the reference: each cell clipped by all other seeds)."""
     from sdot_jax.geometry import diagram
 
     n, d, k = 400, 3, 32
@@ -601,20 +606,22 @@ def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking(
     y = jnp.asarray(rng.random((n, d)))
     psi = jnp.asarray(0.002 * rng.standard_normal(n))
     density = Box().with_dim(d)
-    grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 40.0))
     y_pad, psi_pad = jnp.concatenate([y, jnp.zeros((1, d))]), jnp.concatenate([psi, jnp.zeros(1)])
 
     @jax.jit
     def run():
         rows = jnp.arange(n)
-        cand = neighbours.from_grid(y, psi, grid, k, ring=2, rows=rows)
+        cand = neighbours.brute_force(y, psi, k)
+        # Ranked by distance alone (the brute force's own ranking also weighs the weights).
+        nearest = jax.lax.top_k(-jnp.sum((y[:, None] - y[None]) ** 2, -1) - 1e9 * jnp.eye(n), k)[1]
+        cand = eqx.tree_at(lambda c: (c.index, c.slot), cand, (nearest, nearest))
         again = diagram._deepest_cuts(rows, cand, y, psi, density, 64)
         others = jnp.array([[j for j in range(n) if j != i] for i in range(n)])
         cells = jax.vmap(lambda i, idx: diagram.clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, 64))(rows, others)
-        return cand.index, again.index, again.slot, again.pool, others, cells
+        return cand.index, again.index, again.slot, others, cells
 
     *arrays, cells = run()
-    before, after, slot, pool, others = map(np.asarray, arrays)
+    before, after, slot, others = map(np.asarray, arrays)
     assert not np.any(np.asarray(cells.overflow))
     planes = np.asarray(cells.planes)
     missed = 0
@@ -624,8 +631,7 @@ def test_reranking_by_deepest_cuts_finds_neighbours_beyond_the_distance_ranking(
         missed += bool(true - set(before[i].tolist()))
         assert len(true) <= k
         assert true <= set(after[i].tolist()), i
-        live = after[i] < n
-        np.testing.assert_array_equal(pool[i][slot[i][live]], after[i][live])
+        np.testing.assert_array_equal(slot[i], after[i])
     assert missed > n // 20  # the distance ranking alone misses some
 
 
@@ -646,9 +652,9 @@ def cloud_3d():
     return y, psi, density, grid_caps, neighbours.build_grid(y, *grid_caps), reference
 
 
-def test_cells_that_overflow_the_ring_stage_get_twice_the_slots_in_the_exhaustive_stage(cloud_3d):
+def test_cells_that_overflow_the_block_stage_get_twice_the_slots_in_the_exhaustive_stage(cloud_3d):
     """3D grid search with 32 vertex slots (the first pass holds 20): cells with more vertices
-    overflow it and the ring stage, and are redone exhaustively with 64; the masses are those of
+    overflow it and the block stage, and are redone exhaustively with 64; the masses are those of
     the exhaustive search with 64 slots.  Some cells do need more than 32: a simple polytope with
     F facets has 2F - 4 vertices (Euler: V - E + F = 2, 2E = 3V), and some cell has more than
     18 facets with other seeds alone."""
@@ -679,8 +685,8 @@ def test_an_uncertified_cell_s_mass_bounds_its_true_mass_from_above(cloud_3d):
 
 def test_the_exhaustive_stage_says_when_it_is_short_and_certifies_when_grown(monkeypatch):
     """Diracs drawn from a Gaussian, at zero weights: the cells of its sparse tails are many grid
-    cells long.  With the block stage held to one coarse block per cell, it and the ring stage
-    leave some to the exhaustive stage.  With room for 8 of them the diagram says it is short
+    cells long.  With the block stage held to one coarse block per cell, it leaves some to the
+    exhaustive stage.  With room for 8 of them the diagram says it is short
     (never silently wrong); with `Capacities.exhaustive` grown (as the eager driver does,
     `api.grown_after`) every cell is certified and agrees with scipy."""
     monkeypatch.setitem(neighbours.OPEN_COARSE, 2, 1)
@@ -722,7 +728,7 @@ def test_open_block_pool_holds_every_seed_that_cuts_the_polygon(d):
     kernel = kernel_for(d)
     box = Box().with_dim(d)
     grid = neighbours.build_grid(y, *neighbours.grid_capacity(np.asarray(y), 24.0 if d == 2 else 40.0))
-    width = grid.widths[0]
+    width = grid.width
 
     @jax.jit
     def claims(rows):
@@ -751,8 +757,9 @@ def test_open_block_pool_holds_every_seed_that_cuts_the_polygon(d):
 def test_block_stage_certifies_the_long_cells_of_diracs_near_a_line():
     """5000 Diracs near the line x = 1/2 at the start weights: most cells stretch across many
     grid cells, and the first pass leaves thousands uncertified.  With room for 16 cells in the
-    exhaustive stage (its default, 2^24 / n: 3355), the block stage and the ring stage certify
-    them all (measured: the block stage leaves 4), and the masses agree with scipy."""
+    exhaustive stage (its default, 2^24 / n: 3355), the block stage certifies all but a few
+    (4 after one round, measured) and the exhaustive stage those, and the masses agree with
+    scipy."""
     from sdot_jax.geometry.diagram import grid_for
     from sdot_jax.solve.start import initial_weights
 

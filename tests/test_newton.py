@@ -150,15 +150,15 @@ def test_short_fallback_stops_and_is_grown_without_compiling_again():
     np.testing.assert_allclose(np.asarray(plan.cell_masses), 1 / n, rtol=1e-12)
 
 
-def test_a_short_fallback_grows_the_ring_stage_then_the_exhaustive_stage():
-    """`api.grown_after`: a short fallback doubles the ring stage's rows up to n, then the
+def test_a_short_fallback_grows_the_block_stage_then_the_exhaustive_stage():
+    """`api.grown_after`: a short fallback doubles the block stage's rows up to n, then the
     exhaustive stage's (from its default ~2^24 / n), up to n; then nothing grows (the driver
     raises)."""
     from types import SimpleNamespace
 
     n = 10**5
     stats = SimpleNamespace(fallback_short=True, vertex_overflow=False, uncertified=True)
-    caps = Capacities(16, 32, n // 3, ((65, 65), 272, 695))
+    caps = Capacities(16, 32, n // 3, ((65, 65), 272))
     seen = [caps]
     while True:
         grown = api.grown_after(seen[-1], stats, n)

@@ -14,7 +14,7 @@ stage in the seed's own gauge (`neighbours.excluded`).  Seeds of the pool: every
 their bisectors, up to rounding (O(vertices x pool) per cell).
 
 Cells that fail are recomputed with more candidates and the exact test (from the grid cells that
-may cut them, then from two rings of grid cells), then with an exhaustive search, and what still
+may cut them, over the whole grid), then with an exhaustive search, and what still
 fails is reported in ``Diagram.certified`` -- never returned as if it
 were right.
 """
@@ -44,7 +44,7 @@ class Capacities(eqx.Module):
     - `candidates`: candidate neighbours per cell (k).
     - `fallback`: cells per diagram that may be re-searched (from a wider grid ring, or
       exhaustively for small n) when not certified.
-    - `grid`: ``(cells per axis, ring-1 and ring-2 pool widths)`` for the grid search (see
+    - `grid`: ``(cells per axis, pool width)`` for the grid search (see
       `neighbours.grid_capacity`), or ``None`` for the exhaustive search (small n).
     - `window`: for grid densities (`Image`, `SplineGrid`, `PolynomialGrid`), the grid pieces per
       axis that one cell may span (their integrals cost O(window) per edge in 2D, more for
@@ -80,7 +80,7 @@ class Capacities(eqx.Module):
             # Seeds per grid cell: the 3^d block around a seed must reach past ~2 cell radii for
             # the distance certificate (3D at 6 per cell left 65% of the cells uncertified; 1e4
             # uniform seeds at the optimum, their neighbours ranked first: 27 per cell left 1214
-            # cells to the ring stage, whole diagram 3.8 s; 40: 276, 3.0 s; 54: 20, 3.3 s).
+            # cells to the fallback, whole diagram 3.8 s; 40: 276, 3.0 s; 54: 20, 3.3 s).
             per_cell = {1: 8.0, 2: 24.0, 3: 40.0}[d]
             if y is not None:
                 if density is not None:
@@ -88,7 +88,7 @@ class Capacities(eqx.Module):
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
                 occupancy = int(per_cell * 4 + 8)
-                grid = (neighbours.cells_per_axis(np.ones(d), n, per_cell), 3**d * occupancy, 5**d * occupancy)
+                grid = (neighbours.cells_per_axis(np.ones(d), n, per_cell), 3**d * occupancy)
         # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
         # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
         # far-field bound of the first ring, not the second), more during the first Newton
@@ -370,16 +370,15 @@ def _where_open(open_, test, *, chunk: int):
 
 
 def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
-    """The candidates of ``rows`` re-ranked among their pool (all seeds when ``cand.pool`` is
-    None) on the cell clipped by ``cand``: its own facets first (excess ~0), then the seeds that
-    cut it deepest.  The next polygon lies inside this one, and every true neighbour either
-    bounds it already or cuts it, so a few rounds find neighbours that no ranking by distance
-    reaches: along the long cells beyond the Diracs' convex hull (hull vertices far apart), where
-    up to 2345 of 1e4 seeds cut the first polygon (Diracs clustered near a line), and the rare
-    neighbour ranked beyond k (1e5 uniform seeds in 3D, at the optimum: 187 cells missed one,
-    ~2.8 spacings away, among the ring stage's 96 candidates).  Clips with the plain scan: it
-    runs for few cells, and clipping in two would add a copy of the clip to compile (3D diagram:
-    22.7 -> 21.6 s)."""
+    """The candidates of ``rows`` re-ranked among all seeds on the cell clipped by ``cand``: its
+    own facets first (excess ~0), then the seeds that cut it deepest.  The next polygon lies
+    inside this one, and every true neighbour either bounds it already or cuts it, so a few
+    rounds find neighbours that no ranking by distance reaches: along the long cells beyond the
+    Diracs' convex hull (hull vertices far apart), where up to 2345 of 1e4 seeds cut the first
+    polygon (Diracs clustered near a line), and the rare neighbour ranked beyond k (1e5 uniform
+    seeds in 3D, at the optimum: 187 cells missed one, ~2.8 spacings away, among 96 candidates
+    ranked by distance).  Clips with the plain scan: it runs for few cells, and clipping in two
+    would add a copy of the clip to compile (3D diagram: 22.7 -> 21.6 s)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -387,28 +386,22 @@ def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: 
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
 
     def one(args):
-        i, idx, pool = args
-        ids = jnp.arange(n) if pool is None else pool
-        ys, psis = (y, psi) if pool is None else (y_pad[pool], psi_pad[pool])
+        i, idx = args
         poly = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity)
         r = jnp.sqrt(kernel.squared_radius(poly))
-        excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], ys, psis)
+        excess, tol = _excess(poly.vertices, kernel.live_mask(poly), r, y[i], psi[i], y, psi)
         # The polygon's own facets first (excess ~0: they keep the next polygon inside this one),
         # then the deepest cuts.  (float32: only an order; lax.top_k in float64 is 20-40x slower
         # on CPU.)
         score = jnp.where(jnp.abs(excess) <= tol, jnp.inf, excess)
-        score = jnp.where((ids == i) | (ids >= n), -jnp.inf, score).astype(jnp.float32)
+        score = jnp.where(jnp.arange(n) == i, -jnp.inf, score).astype(jnp.float32)
         best, slot = jax.lax.top_k(score, k)
         none = jnp.isneginf(best)
-        return jnp.where(none, n, ids[slot]).astype(idx.dtype), jnp.where(none, ids.shape[0], slot)
+        return jnp.where(none, n, slot).astype(idx.dtype)
 
-    if cand.pool is None:
-        batch = max(8, min(1024, 2**24 // (n * capacity)))
-    else:
-        batch = max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // (cand.pool.shape[1] * capacity)))
-    batch *= batches.scale()
-    index, slot = jax.lax.map(one, (rows, cand.index, cand.pool), batch_size=min(batch, rows.shape[0]))
-    return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, slot))
+    batch = max(8, min(1024, 2**24 // (n * capacity))) * batches.scale()
+    index = jax.lax.map(one, (rows, cand.index), batch_size=min(batch, rows.shape[0]))
+    return eqx.tree_at(lambda c: (c.index, c.slot), cand, (index, index))
 
 
 def split_for(d: int, k: int, loop: bool = False) -> tuple[int, int] | None:
@@ -438,7 +431,7 @@ def first_pass_vertices(d: int, capacity: int, half_spaces: int = 0) -> int:
     every cell of 1e4 uniform seeds at the optimum (at most 40 vertices, 23 on average), and clip
     and integrate ~1.5x faster); in 2D, 3/4 (12 of 16: 1e5 uniform seeds have at most 13 facets
     at zero weights, 26 cells 12 or more, at most 12 at the optimum; Newton's trial diagram there
-    0.82 -> 0.67 s).  A cell that needs more is redone by the ring stage with all ``capacity``
+    0.82 -> 0.67 s).  A cell that needs more is redone by the block stage with all ``capacity``
     slots.  All of them when the domain itself (the box clipped by the density's
     ``half_spaces``: up to 4 + p vertices in 2D, 2p + 8 in 3D) may fill half the fewer: a
     14-gon filled every cell's 12 slots before its first bisector."""
@@ -455,13 +448,13 @@ PAIRS_PER_BATCH = 2**21
 #: (none: all).  At the optimum, neighbours first, loops: first pass of 3D 1e4 882 -> 773 ms
 #: (48: 779 ms, 2 more cells left); 2D 1e5 908 -> 897 ms with 32 (a vertex test of 16 slots
 #: costs little more than the bound), so 2D bounds every seed and tests vertex by vertex only the
-#: cells that a bound leaves open (`_pool_may_cut`), as do the ring stages in every dimension.
+#: cells that a bound leaves open (`_pool_may_cut`), as does the block stage in every dimension.
 SURVIVORS = {3: 64}
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
 
 
-def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, far_test=None, vertex_test=None,
+def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, vertex_test=None,
            split: tuple[int, int] | None = None, loop: bool = False, known: Int[Array, " r"] | None = None,
            survivors: int | None = None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
@@ -474,11 +467,8 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
     vertex by vertex (`_where_open`): at the optimum of 1e5 uniform seeds in 2D, 17% of them, a
     Newton trial diagram 1.13 -> 1.02 s.  (In 3D, 90% of the cells of 1e4 uniform seeds stay
     open: ``survivors`` prunes seed by seed instead.)
-    Seeds outside the pool are excluded by ``reach`` or by
-    ``far_test(i, shift, centre, radius, power)``, from a ball around the cell
-    (`neighbours.excluded`), or by ``vertex_test(i, vertices, live)``, from its vertices
-    (`neighbours.within_pool_bounds` in the first pass, `neighbours.excluded_at_vertices` in the
-    ring stage)."""
+    Seeds outside the pool are excluded by ``reach`` or by ``vertex_test(i, vertices, live)``,
+    from its vertices (`neighbours.within_pool_bounds` in the first pass)."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -511,19 +501,13 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, fa
         """Whether the cell is certified (``ok``), and whether only the exact pool test can
         tell (``open``: `_cut_by_pool` decides it after this map, for those cells only)."""
         poly, complete, at = args
-        i, slot, reach, shift = rows[at], cand.slot[at], cand.reach[at], cand.shift[at]
+        i, slot, reach = rows[at], cand.slot[at], cand.reach[at]
         pool = None if cand.pool is None else cand.pool[at]
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
         mean, spread = _bounding_ball(verts, live)
         # reach was measured in float32: keep a margin for its rounding.
         far = _shrink(reach, scale) >= r + jnp.sqrt(r**2 + top - psi[i])
-        if far_test is not None:
-            # Two gauges: the seed's own, and none (where its fit is poor); in each, the power
-            # bound is the translated cell's squared radius about y_i.
-            for g in (shift, jnp.zeros_like(shift)):
-                power = jnp.max(jnp.where(live, jnp.sum((verts - g) ** 2, -1), 0.0))
-                far = far | ((reach > 0) & far_test(i, g, y[i] + mean, spread, power))
         if vertex_test is not None:
             far = far | ((reach > 0) & vertex_test(i, y[i] + verts, live))
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
@@ -569,8 +553,7 @@ def _shrink(distance, scale):
     return distance * (1 - 1e-5) - 1e-6 * scale
 
 
-def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vertex_test=None, split=None,
-          loop: bool = False):
+def _redo(out, rows, search, y, psi, density, capacity: int, split=None, loop: bool = False):
     """Recompute the uncertified cells ``rows`` (padded with n) with the candidates
     ``search(rows)`` gives (more than k of them; clipped as `_cells` does with ``split`` and
     ``loop``); facets are compacted back into k slots (else: uncertified), the other candidates
@@ -581,8 +564,7 @@ def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vert
     redo_ok = rows < n
     safe = jnp.where(redo_ok, rows, 0)
     found = search(safe)
-    res = _cells(safe, found, y, psi, density, capacity, far_test=far_test, vertex_test=vertex_test, split=split,
-                 loop=loop)
+    res = _cells(safe, found, y, psi, density, capacity, split=split, loop=loop)
     target = jnp.where(redo_ok, rows, n)
     mass, first, second, overflow = (
         old.at[target].set(new, mode="drop")
@@ -600,47 +582,10 @@ def _redo(out, rows, search, y, psi, density, capacity: int, far_test=None, vert
     return mass, first, second, facets, certified, overflow, index
 
 
-def _far_test(grid, field, y, psi, ring: int):
-    """Whether the seeds outside a cell's ring-``ring`` pool are excluded (`neighbours.excluded`)."""
-    return lambda i, shift, *cell: neighbours.excluded(
-        grid, field, grid.coords[i], y[i], psi[i], shift, *cell, ring=ring)
-
-
 def _pool_bounds_test(grid, bounds, y, psi):
     """Whether the seeds outside a cell's ring-1 pool are excluded (`neighbours.within_pool_bounds`)."""
     return lambda i, vertices, live: neighbours.within_pool_bounds(
         bounds, grid, grid.coords[i], y[i], psi[i], vertices, live)
-
-
-def _vertex_test(grid, field, y, psi, ring: int):
-    """The same, vertex by vertex (`neighbours.excluded_at_vertices`)."""
-    return lambda i, vertices, live: neighbours.excluded_at_vertices(
-        grid, field, grid.coords[i], y[i], psi[i], vertices, live, ring=ring)
-
-
-def _ring_stage(out, rows, at_vertices, y, psi, density, grid, field, prior, *, k: int, capacity: int,
-                loop: bool = False):
-    """Redo the cells ``rows`` with k candidates from the ring-2 pool (``prior`` first, see
-    `power_diagram`), their far field bounded by `neighbours.excluded` or (``at_vertices``, a
-    traced flag: for long cells; ~2x the cost) also vertex by vertex
-    (`neighbours.excluded_at_vertices`), its candidates then also re-ranked by how deep they
-    cut the cell (`_deepest_cuts`); clipped in two as the first pass (`split_for`)."""
-    split = split_for(y.shape[1], k, loop)
-
-    def search(rows):
-        cand = neighbours.from_grid(y, psi, grid, k, rows=rows, ring=2, first=None if prior is None else prior[rows])
-        return jax.lax.cond(at_vertices, lambda c: _deepest_cuts(rows, c, y, psi, density, capacity),
-                            lambda c: c, cand)
-
-    vertex_test = _vertex_test(grid, field, y, psi, 2)
-
-    def maybe_vertex_test(*args):
-        # A branch, also under vmap with `cond_any` (Newton); under vmap with `lax.cond`, whose
-        # batched predicate batches every operand, a select: the balls pass then pays for it too.
-        return jax.lax.cond(at_vertices, vertex_test, lambda *_: jnp.array(False), *args)
-
-    return _redo(out, rows, search, y, psi, density, capacity, _far_test(grid, field, y, psi, 2), maybe_vertex_test,
-                 split, loop)
 
 
 def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int, loop: bool = False):
@@ -651,11 +596,15 @@ def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: i
     in P0, whose facets come first, and no seed outside the pool cuts P0.  An empty P0 keeps
     its candidates (the cell is empty).  A pool that does not fit, or a P0 that overflowed,
     leaves the cell uncertified for the next stage.  Long cells of non-uniform Diracs (near a
-    line, a Gaussian's tails), which the ring stage's bounds leave by the thousand, need no
-    ring here: the whole grid is searched in two levels."""
+    line, a Gaussian's tails) need no ring of grid cells around the seed: the whole grid is
+    searched in two levels.  (A ring stage before it, from the 5^d grid cells around the seed
+    with ball and vertex bounds beyond, left 1954 of 6876 cells to the exhaustive stage at the
+    optimum of 1e4 Diracs near a line, and nothing the block stage leaves in the solves
+    measured: 2D 1e4 uniform, near a line, Gaussian, 2D 1e5 and 1e6, 3D 1e4; it cost 3.5-5.6 s of
+    compilation.)"""
     n, d = y.shape
     kernel = kernel_for(d)
-    width = grid.widths[0]
+    width = grid.width
     current = out[6]
     ys, psis = jax.lax.stop_gradient((y, psi))  # the search only ranks and selects
     y_pad = jnp.concatenate([ys, jnp.zeros((1, d), y.dtype)])
@@ -818,7 +767,7 @@ def power_diagram(
     takes the candidate list of a diagram at nearby weights (``prior`` its facets, aligned with
     it) instead of ranking the pools again (`neighbours.reused`; 2D 1e5 uniform seeds: 86 ms
     against 752 ms, a Newton solve 24.0 -> 18.1 s); a neighbour it lacks fails the cell's
-    certificate, and the ring stage ranks that cell's pool."""
+    certificate, and the block stage redoes that cell."""
     n, d = y.shape
     k = capacities.candidates
     if capacities.window is not None and hasattr(density, "with_window"):
@@ -852,34 +801,29 @@ def power_diagram(
         out = _cells(jnp.arange(n), cand, y, psi, density, slots,
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
                      survivors=SURVIVORS.get(d))
-        out = _overflow_to_next_stage(out)  # the ring stage has all of the slots
+        out = _overflow_to_next_stage(out)  # the block stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells (up to `fallback` of them; most cells the first pass leaves
     # are only short of a proof that no seed beyond the first ring cuts them): first with 2x more
-    # candidates from the grid cells that may cut the polygon, over the whole grid (`_block_stage`);
-    # then from the grid cells two rings around the seed's (the far field bounded by balls, then,
-    # for the long cells still left, vertex by vertex); then with 4x more exhaustively (O(n) each:
-    # ~2^24 / n cells at scale, a fixed budget of seed pairs per diagram).  Each stage runs only
-    # when it can help.
+    # candidates from the grid cells that may cut the polygon, over the whole grid (`_block_stage`,
+    # twice); then with 4x more exhaustively (O(n) each: ~2^24 / n cells at scale, a fixed budget
+    # of seed pairs per diagram).  Each stage runs only when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
     short = jnp.array(False)
     if k2 > k:
         if capacities.grid is not None:
             size = capacities.exhaustive_rows(n)
             stage = functools.partial(_block_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
-            out, short = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
-                                           hopeless=capacities.fallback + size, cond=cond, loop=loops)
-            stage = functools.partial(_ring_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
 
-            def ring_pass(carry, at_vertices):
+            def block_pass(carry, _):
                 out, short = carry
-                out, beyond = _redo_uncertified(stage, out, at_vertices, y, psi, density, grid, field, prior,
-                                                size=capacities.fallback, hopeless=capacities.fallback + size,
-                                                cond=cond, loop=loops)
+                out, beyond = _redo_uncertified(stage, out, y, psi, density, grid, field, size=capacities.fallback,
+                                                hopeless=capacities.fallback + size, cond=cond, loop=loops)
                 return (out, short | beyond), None
 
-            # Balls, then vertex by vertex for the cells left: one compiled stage run twice.
-            (out, short), _ = jax.lax.scan(ring_pass, (out, short), jnp.array([False, True]))
+            # Twice: a cell whose pool did not fit takes the deepest cuts of what it held, and its
+            # next polygon opens fewer blocks.
+            (out, short), _ = jax.lax.scan(block_pass, (out, short), None, length=2)
             # The exhaustive stage has twice the slots (3D 1e5, the first Newton step from zero
             # weights: one cell overflowed 64 slots at t = 1/4 and 1/8, and each trial was rejected).
             out = _overflow_to_next_stage(out)

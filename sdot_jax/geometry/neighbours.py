@@ -122,8 +122,8 @@ def _pad(index, k, n):
 
 class Grid(eqx.Module):
     """Seeds bucketed in a uniform grid, and for every seed a fixed-size pool of the seeds in the
-    3^d grid cells around its own (ring 1; `ring_pool` gathers wider rings for the fallback),
-    packed: ``widths[ring - 1]`` slots, the most seeds any ring-``ring`` block holds (not 3^d
+    3^d grid cells around its own (its ring-1 pool), packed: ``width`` slots, the most seeds any
+    such block holds (not 3^d
     times the fullest grid cell: 261 slots instead of 378 for 1e4 uniform seeds in 2D).
     Built once per solve: seeds do not move during Newton."""
 
@@ -138,7 +138,7 @@ class Grid(eqx.Module):
     count: Int[Array, " G"]
     axes: AxisGauge  # the seeds bucketed are axes.seeds(y) (`gauge`): `diagram.power_diagram` searches there
     cells: tuple[int, ...] = eqx.field(static=True)  # per axis
-    widths: tuple[int, int] = eqx.field(static=True)  # pool slots, rings 1 and 2
+    width: int = eqx.field(static=True)  # pool slots
 
 
 def scaled(grid: Grid, factor: Float[Array, ""]) -> Grid:
@@ -213,31 +213,6 @@ def _unflat(cells: tuple[int, ...]) -> Int[Array, "G d"]:
     return jnp.stack([(flat // math.prod(cells[:k])) % g for k, g in enumerate(cells)], -1)
 
 
-def _blocks_outside_pool(grid: Grid, field: FarField, coords, ring: int, dtype):
-    """The blocks `excluded` tests for a seed in grid cell ``coords``: every grid cell of a window
-    of $W^d$ coarse blocks around its ring-``ring`` pool (minus the pool itself), then every
-    coarse block outside the window.  For each set: (top, slope, largest, lo, hi), empty or
-    skipped blocks with top = -inf; ``lo``/``hi`` widened by the float32 bucketing slack."""
-    g, d = grid.cells, coords.shape[0]
-    c, _ = _coarse(g)
-    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
-    slack = _slack(grid, dtype)
-    window = -(-2 * ring // c) + 1  # coarse blocks per axis covering the pool
-    base = (coords - ring) // c
-
-    offsets = jnp.asarray(np.array(list(itertools.product(range(window * c), repeat=d)), np.int32))
-    f = base * c + offsets
-    in_grid = _inside(f, g)
-    in_pool = jnp.all(jnp.abs(f - coords) <= ring, -1)
-    flat = _flat(_clip(f, g), g)
-    fine = (jnp.where(in_grid & ~in_pool, field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
-            field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
-
-    blocks, coarse = _coarse_blocks(grid, field, dtype)
-    in_window = jnp.all((blocks - base >= 0) & (blocks - base < window), -1)
-    return fine, (jnp.where(in_window, -jnp.inf, coarse[0]),) + coarse[1:]
-
-
 def _coarse_blocks(grid: Grid, field: FarField, dtype):
     """Every coarse block's coordinates and (top, slope, largest, lo, hi), its box widened by the
     bucketing slack (`_slack`); empty blocks have top = -inf."""
@@ -264,48 +239,6 @@ def squared_norms(v):
 def _box_gap(lo_a, hi_a, lo_b, hi_b):
     """Distances between boxes (broadcast; the last axis is d); a point is the box [p, p]."""
     return jnp.sqrt(squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b))))
-
-
-def excluded(grid: Grid, field: FarField, coords, seed, weight, shift, centre, radius, power, ring: int = 1
-             ) -> Bool[Array, ""]:
-    r"""Whether no seed outside the pool of a cell can cut it (one cell; ``coords``, ``seed``,
-    ``weight``: its seed's grid cell, position and weight).
-
-    In the gauge ``shift`` = $g$ (see the module docstring), seed j beats seed i at $x$ when
-    $|w - y_j|^2 - \tilde\psi_j < |w - y_i|^2$, $w = x - g$, $\tilde\psi_j = \psi_j - \psi_i +
-    2 \langle g, y_j - y_i \rangle$.  The translated cell lies in the ball (``centre`` $- g$,
-    ``radius``) and $|w - y_i|^2 \le$ ``power`` on it; over a block Q of centre $c_Q$ and
-    half-diagonal $R_Q$, $\tilde\psi_j + \psi_i - 2 \langle g, c_Q - y_i\rangle \le \min($top$_Q + 2
-    |\mathrm{slope}_Q + g| R_Q$, largest$_Q + 2 |g| R_Q)$, so Q is excluded when $(\mathrm{dist}(\text{ball centre}, Q) -
-    \text{radius})_+^2$ minus that exceeds ``power`` (blocks from `_blocks_outside_pool`).
-    """
-    dtype = centre.dtype
-    ball = centre - shift
-
-    def ok(top, slope, largest, block_lo, block_hi):
-        near = jnp.maximum(_box_gap(ball, ball, block_lo, block_hi) - radius, 0.0)
-        half_diagonal = jnp.linalg.norm(0.5 * (block_hi - block_lo), axis=-1)
-        mid = 0.5 * (block_lo + block_hi)
-        lifted = 2 * (mid - seed) @ shift - weight + jnp.minimum(
-            top + 2 * jnp.linalg.norm(slope + shift, axis=-1) * half_diagonal,
-            largest + 2 * jnp.linalg.norm(shift) * half_diagonal,
-        )
-        margin = 64 * jnp.finfo(dtype).eps * (near**2 + jnp.abs(top) + jnp.abs(weight) + jnp.abs(power)
-                                             + radius**2 + jnp.abs(lifted))
-        return jnp.all(jnp.isneginf(top) | (near**2 - lifted > power + margin))
-
-    fine, coarse = _blocks_outside_pool(grid, field, coords, ring, dtype)
-    return ok(*fine) & ok(*coarse)
-
-
-def excluded_at_vertices(grid: Grid, field: FarField, coords, seed, weight, vertices, live, ring: int = 1
-                         ) -> Bool[Array, ""]:
-    r"""`excluded` for long or displaced cells, vertex by vertex in each block's own gauge
-    (`_blocks_excluded_at`)."""
-    own = jnp.sum((vertices - seed) ** 2, -1) - weight
-    fine, coarse = _blocks_outside_pool(grid, field, coords, ring, vertices.dtype)
-    return jnp.all(_blocks_excluded_at(*fine, vertices, live, own)) & jnp.all(
-        _blocks_excluded_at(*coarse, vertices, live, own))
 
 
 def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live, own) -> Bool[Array, " B"]:
@@ -344,9 +277,9 @@ def open_block_pool(grid: Grid, field: FarField, seed, weight, vertices, live, w
     n, and whether the search is complete: no seed outside the pool cuts the polygon, nor any
     part of it (`_blocks_excluded_at`).  Two levels: every coarse block, then the grid cells of
     the coarse blocks left open (at most `OPEN_COARSE`), so O(G / C^d + C^d) per cell over the
-    whole grid, with no ring: the long cells of Diracs near a line, which the rings' ball and
-    vertex bounds leave uncertified by the thousand (1e4 Diracs, 2D, at the optimum: 6876 cells
-    left by the first pass; here at most 6 coarse blocks, 17 grid cells and 193 seeds)."""
+    whole grid, with no ring of grid cells fixed around the seed: the long cells of Diracs near a
+    line defeat any such ring (1e4 Diracs, 2D, at the optimum: 6876 cells left by the first
+    pass; here at most 6 coarse blocks, 17 grid cells and 193 seeds)."""
     n, d = grid.coords.shape
     g = grid.cells
     dtype = vertices.dtype
@@ -527,10 +460,10 @@ def cells_per_axis(extent: np.ndarray, n: int, per_cell: float) -> tuple[int, ..
 CROWDED = 1.5  # seeds that see this many times per_cell in their grid cell get finer cells
 
 
-def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[tuple[int, ...], int, int]:
-    """(cells per axis, ring-1 and ring-2 pool widths) for concrete seeds, to size the grid's
-    buffers: the most seeds in the 3^d and 5^d grid cells around a seed's own, bucketed in float32
-    as `build_grid` does, plus a margin of 4."""
+def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[tuple[int, ...], int]:
+    """(cells per axis, pool width) for concrete seeds, to size the grid's buffers: the most seeds
+    in the 3^d grid cells around a seed's own, bucketed in float32 as `build_grid` does, plus a
+    margin of 4."""
     n, d = y.shape
     y = np.asarray(y, np.float32)
     lo, hi = y.min(0), y.max(0)
@@ -550,19 +483,16 @@ def grid_capacity(y: np.ndarray, per_cell: float) -> tuple[tuple[int, ...], int,
         if seen < CROWDED * per_cell or target <= per_cell / 16:
             break
         target = max(target * per_cell / seen, per_cell / 16)
-    widths = []
-    for ring in (1, 2):
-        padded = np.pad(counts, ring)
-        block = sum(padded[tuple(slice(o, o + c) for o, c in zip(offset, g))]
-                    for offset in itertools.product(range(2 * ring + 1), repeat=d))
-        widths.append(int(block[counts > 0].max()) + 4)
-    return g, widths[0], widths[1]
+    padded = np.pad(counts, 1)
+    block = sum(padded[tuple(slice(o, o + c) for o, c in zip(offset, g))]
+                for offset in itertools.product(range(3), repeat=d))
+    return g, int(block[counts > 0].max()) + 4
 
 
-def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: int, ring2_width: int,
+def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: int,
                axes: AxisGauge | None = None) -> Grid:
     """Bucket the seeds, in the axis gauge ``axes`` if given (`gauge.axis_gauge`), and gather every
-    seed's ring-1 pool (see `ring_pool`); the cells per axis and pool widths from
+    seed's ring-1 pool (`_block_pools`); the cells per axis and pool width from
     `grid_capacity`."""
     n, d = y.shape
     axes = AxisGauge.identity(d, y.dtype) if axes is None else axes
@@ -580,34 +510,23 @@ def build_grid(y: Float[Array, "n d"], cells_per_axis: tuple[int, ...], width: i
     count = jnp.searchsorted(sorted_cell, all_cells, side="right").astype(jnp.int32) - start
     position = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     grid = Grid(jnp.zeros((n, 0), jnp.int32), jnp.zeros((n,), jnp.float32), coords, lo, size, order, position, start,
-                count, axes, g, (width, ring2_width))
+                count, axes, g, width)
     # Every seed of a grid cell has the same pool: packed once per grid cell, then copied (1e5
     # uniform seeds: the grid build 477 -> 92 ms in 2D, 2037 -> 322 ms in 3D).
-    cell_pool, fits = _block_pools(grid, _unflat(g), 1)
-    reach = jnp.where(fits[cell], _reach(grid, y, coords, 1), 0.0)
+    cell_pool, fits = _block_pools(grid, _unflat(g))
+    reach = jnp.where(fits[cell], _reach(grid, y, coords), 0.0)
     return eqx.tree_at(lambda t: (t.pool, t.reach), grid, (cell_pool[cell], reach))
 
 
-def ring_pool(grid: Grid, y, rows: Int[Array, " b"], ring: int) -> tuple[Int[Array, "b p"], Float[Array, " b"]]:
-    """The seeds of the (2 ring + 1)^d grid cells around each row's own, packed into
-    ``grid.widths[ring - 1]`` slots padded with n, and the distance from the seed to the edge of
-    that block (no seed lies beyond it; inf at the grid's border).  A block holding more seeds
-    than that makes the pool incomplete: its reach is 0, so the certificate fails for the cell
-    and it goes to the fallback search, never silently."""
-    coords = grid.coords[rows]
-    pool, fits = _block_pools(grid, coords, ring)
-    return pool, jnp.where(fits, _reach(grid, y[rows], coords, ring), 0.0)
-
-
-def _block_pools(grid: Grid, coords: Int[Array, "b d"], ring: int) -> tuple[Int[Array, "b p"], Bool[Array, " b"]]:
-    """The seeds of the (2 ring + 1)^d grid cells around each of ``coords``, grid cell by grid
-    cell, each in `Grid.order`, in ``grid.widths[ring - 1]`` slots padded with n; and whether
+def _block_pools(grid: Grid, coords: Int[Array, "b d"]) -> tuple[Int[Array, "b p"], Bool[Array, " b"]]:
+    """The seeds of the 3^d grid cells around each of ``coords``, grid cell by grid cell, each
+    in `Grid.order`, in ``grid.width`` slots padded with n; and whether
     they all fit."""
     n, d = grid.coords.shape
     g = grid.cells
-    width = grid.widths[ring - 1]
-    offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
-    around = coords[:, None, :] + offsets[None]  # (b, (2 ring + 1)^d, d)
+    width = grid.width
+    offsets = jnp.array(list(itertools.product(range(-1, 2), repeat=d)), jnp.int32)
+    around = coords[:, None, :] + offsets[None]  # (b, 3^d, d)
     inside = _inside(around, g)
     around_cell = _flat(_clip(around, g), g)
     count = jnp.where(inside, grid.count[around_cell], 0)
@@ -629,9 +548,10 @@ def _packed(grid: Grid, cells: Int[Array, " B"], count: Int[Array, " B"], width:
     return pool, end[-1] <= width
 
 
-def _reach(grid: Grid, y_rows, coords, ring: int) -> Float[Array, " b"]:
-    """The distance from each seed ``y_rows`` to the edge of the (2 ring + 1)^d grid cells around
-    its own (``coords``), inf at the grid's border."""
+def _reach(grid: Grid, y_rows, coords) -> Float[Array, " b"]:
+    """The distance from each seed ``y_rows`` to the edge of the 3^d grid cells around its own
+    (``coords``), inf at the grid's border."""
+    ring = 1
     y_rows = y_rows.astype(jnp.float32)
     block_lo = grid.lo + (coords - ring) * grid.size
     block_hi = grid.lo + (coords + ring + 1) * grid.size
@@ -640,13 +560,13 @@ def _reach(grid: Grid, y_rows, coords, ring: int) -> Float[Array, " b"]:
     return jnp.minimum(gap_lo.min(-1), gap_hi.min(-1))
 
 
-def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"], ring: int) -> Int[Array, "b m"]:
-    """Where the seeds ``index`` (padded with n) sit in the ring-``ring`` pools of ``rows`` (as
-    `ring_pool` packs them: grid cell by grid cell, each in `Grid.order`), or the pool's width
+def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"]) -> Int[Array, "b m"]:
+    """Where the seeds ``index`` (padded with n) sit in the ring-1 pools of ``rows`` (as
+    `_block_pools` packs them: grid cell by grid cell, each in `Grid.order`), or the pool's width
     when they are not in it.  O(m + 3^d) per row, where matching ids would cost O(m x pool)."""
     n, d = grid.coords.shape
     g = grid.cells
-    width = grid.widths[ring - 1]
+    width, ring = grid.width, 1
     side = 2 * ring + 1
     coords = grid.coords[rows]
     offsets = jnp.array(list(itertools.product(range(-ring, ring + 1), repeat=d)), jnp.int32)
@@ -703,46 +623,33 @@ SLOTS_PER_BATCH = 2**16
 
 
 def from_grid(
-    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, rows: Int[Array, " b"] | None = None,
-    ring: int = 1, first: Int[Array, "b m"] | None = None,
+    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, first: Int[Array, "n m"] | None = None,
 ) -> Candidates:
-    """The k candidates (ranked as in the module docstring) of each seed of ``rows`` (all by
-    default) within its ring-``ring`` pool, in the gauge of its grid cell (`pool_gauges`) for
-    ring 1, in its own fitted over the pool (`_gauge`: few rows) for ring 2; the seeds
-    ``first`` of each row (padded with n; e.g. its neighbours in the diagram of the last Newton
-    step), where they are in the pool, ahead of the others."""
+    """The k candidates (ranked as in the module docstring) of every seed within its ring-1 pool,
+    in the gauge of its grid cell (`pool_gauges`); the seeds ``first`` of each row (padded with
+    n; e.g. its neighbours in the diagram of the last Newton step), where they are in the pool,
+    ahead of the others."""
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
-    all_rows = rows is None
-    rows = jnp.arange(n) if all_rows else rows
 
-    def block(at):
-        ids, pool = rows[at], pools[at]
+    def block(ids):
+        pool = grid.pool[ids]
         ok = (pool < n) & (pool != ids[:, None])
         offset = y_pad[pool] - y[ids][:, None]
         weight = psi_pad[pool] - psi[ids][:, None]
-        if gauges is None:
-            shift = _gauge(offset.astype(jnp.float32), weight.astype(jnp.float32), ok).astype(y.dtype)
-        else:
-            shift = gauges[_flat(grid.coords[ids], grid.cells)]
+        shift = gauges[_flat(grid.coords[ids], grid.cells)]
         known = None
         if first is not None:
-            at_slots = pool_slots(grid, ids, first[at], ring)
+            at_slots = pool_slots(grid, ids, first[ids])
             known = jax.vmap(lambda s: jnp.zeros((pool.shape[1],), bool).at[s].set(True, mode="drop"))(at_slots)
         slot = _topk_nearest(offset, weight, shift, ok, k, known)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
-    gauges = pool_gauges(grid, y, psi) if ring == 1 else None
-    if ring == 1 and all_rows:  # (the whole pool as it is, not gathered: the hot path)
-        pools, reach = grid.pool, grid.reach
-    elif ring == 1:
-        pools, reach = grid.pool[rows], grid.reach[rows]
-    else:
-        pools, reach = ring_pool(grid, y, rows, ring)
-    per_batch = max(8, SLOTS_PER_BATCH * batches.scale() // pools.shape[1])
-    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), per_batch)
-    return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
+    gauges = pool_gauges(grid, y, psi)
+    per_batch = max(8, SLOTS_PER_BATCH * batches.scale() // grid.width)
+    index, slot, shift = _batched(block, jnp.arange(n), per_batch)
+    return Candidates(index, grid.pool, slot, grid.reach.astype(y.dtype), shift)
 
 
 def reused(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, previous: Int[Array, "n k"],
@@ -762,4 +669,4 @@ def reused(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, previous
     index = jnp.zeros_like(previous).at[jnp.arange(n)[:, None], place].set(previous)
     rows = jnp.arange(n)
     shift = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)]
-    return Candidates(index, grid.pool, pool_slots(grid, rows, index, 1), grid.reach.astype(y.dtype), shift)
+    return Candidates(index, grid.pool, pool_slots(grid, rows, index), grid.reach.astype(y.dtype), shift)
