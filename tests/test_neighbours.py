@@ -80,8 +80,8 @@ def test_grid_diagram_partitions_the_square_uniform_and_clustered():
 
 
 def test_off_cpu_batch_sizes_give_the_same_diagram(monkeypatch):
-    """The GPU's batch sizes (`batches.OFF_CPU_SCALE` times the CPU's: other lax.map batches, ring
-    stage chunks and ranking batches) only regroup the same per-cell work: forced on the CPU, they
+    """The GPU's batch sizes (`batches.OFF_CPU_SCALE` times the CPU's: other lax.map batches,
+    fallback chunks and ranking batches) only regroup the same per-cell work: forced on the CPU, they
     give the same cells to rounding, all certified, and a sample agrees with scipy."""
     rng = np.random.default_rng(5)
     y = rng.random((N, 2))
@@ -783,3 +783,21 @@ def test_block_stage_certifies_the_long_cells_of_diracs_near_a_line():
     # seeds |dy| apart moves by that over 2 |dy|: here L ~ 0.4, |dy| ~ 1e-3, ~2e-14 of area (the
     # grid search without the block stage differs from scipy as much).
     np.testing.assert_allclose(np.asarray(d.mass), ref, rtol=1e-10, atol=5e-14)
+
+
+def test_block_stage_takes_more_candidates_than_its_pool_holds():
+    """Diracs on a thin strip: one grid cell across, pools of ~50 seeds.  With 64 candidates
+    the block stage ranks 2 x 64 among fewer (the current 64 and the pool), which must pad, not
+    fail to trace; every cell is certified and a sample agrees with scipy."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    y = rng.random((n, 2))
+    y[:, 0] = 0.5 + 0.001 * (rng.random(n) - 0.5)
+    cells, width = neighbours.grid_capacity(y, 24.0)
+    assert 2 * 64 > 64 + width
+    caps = Capacities(16, 64, n, (cells, width))
+    d = _diagram(y, np.zeros(n), caps)
+    assert np.asarray(d.certified).all() and not bool(d.short)
+    sample = np.arange(0, n, n // 50)
+    ref = reference_diagram(y, np.zeros(n), *box_halfspaces([0, 0], [1, 1]), cells=sample)["mass"]
+    np.testing.assert_allclose(np.asarray(d.mass)[sample], ref[sample], rtol=1e-10, atol=5e-14)

@@ -9,8 +9,9 @@ A cell is *certified* when no other seed can cut it.  Seeds outside its pool: th
 than $\rho_i \ge r_i + \sqrt{r_i^2 + \max_j \psi_j - \psi_i}$, with $r_i$ the cell's radius
 about $y_i$ (a seed at distance $\ge \rho_i$ has power distance above $r_i^2 - \psi_i$ on the
 whole cell), or, at scale, their grid blocks are excluded by affine bounds of the weights: in the
-first pass from bounds shared by the cells of a grid cell (`neighbours.pool_bounds`), in the ring
-stage in the seed's own gauge (`neighbours.excluded`).  Seeds of the pool: every vertex satisfies
+first pass from bounds shared by the cells of a grid cell (`neighbours.pool_bounds`), in the
+block stage vertex by vertex in each block's own gauge (`neighbours.open_block_pool`).  Seeds of
+the pool: every vertex satisfies
 their bisectors, up to rounding (O(vertices x pool) per cell).
 
 Cells that fail are recomputed with more candidates and the exact test (from the grid cells that
@@ -42,8 +43,8 @@ class Capacities(eqx.Module):
 
     - `vertices`: vertex slots per cell.
     - `candidates`: candidate neighbours per cell (k).
-    - `fallback`: cells per diagram that may be re-searched (from a wider grid ring, or
-      exhaustively for small n) when not certified.
+    - `fallback`: cells per diagram that may be re-searched (from the grid cells that may cut
+      them, or exhaustively for small n) when not certified.
     - `grid`: ``(cells per axis, pool width)`` for the grid search (see
       `neighbours.grid_capacity`), or ``None`` for the exhaustive search (small n).
     - `window`: for grid densities (`Image`, `SplineGrid`, `PolynomialGrid`), the grid pieces per
@@ -65,7 +66,7 @@ class Capacities(eqx.Module):
     vertices: int = eqx.field(static=True)
     candidates: int = eqx.field(static=True)
     fallback: int | Int[Array, ""]
-    grid: tuple[tuple[int, ...], int, int] | None = eqx.field(static=True)
+    grid: tuple[tuple[int, ...], int] | None = eqx.field(static=True)
     window: int | None = eqx.field(static=True, default=None)
     exhaustive: int | Int[Array, ""] | None = None
 
@@ -91,7 +92,7 @@ class Capacities(eqx.Module):
                 grid = (neighbours.cells_per_axis(np.ones(d), n, per_cell), 3**d * occupancy)
         # Cells per diagram that may be re-searched.  Grid search: ~10% fail the first pass at
         # the optimum of uniform random points in 2D (the weights' long-range wiggles defeat the
-        # far-field bound of the first ring, not the second), more during the first Newton
+        # far-field bound of the first ring of grid cells), more during the first Newton
         # steps.  Exhaustive search: 0-3 cells of 100 uniform points fail (k = 32), and the
         # stage costs as much as the first pass, every time under vmap.
         # 3D: twice that (n = 1e4 uniform: the first Newton trials left more than n / 6, and the
@@ -623,11 +624,17 @@ def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: i
         # P0's facets (its own candidates on its boundary) first, then the pool's deepest cuts.
         score = jnp.where(own, jnp.where(boundary, jnp.inf, -jnp.inf), jnp.where(boundary, -jnp.inf, excess))
         score = jnp.where((ids == i) | (ids >= n), -jnp.inf, score).astype(jnp.float32)
-        best, at = jax.lax.top_k(score, k)
+        best, at = jax.lax.top_k(score, min(k, ids.shape[0]))
+        best, at = neighbours._pad(best, k, -jnp.inf), neighbours._pad(at, k, 0)
         none = jnp.isneginf(best)
-        slot = jnp.where(none | (at < idx.shape[0]), width, at - idx.shape[0])
-        reach = jnp.where(fits & ~poly.overflow, jnp.inf, 0.0).astype(y.dtype)
-        return jnp.where(none, n, ids[at]).astype(idx.dtype), slot, pool, reach
+        # Where each candidate sits in the pool (P0's own facets too: their seeds' blocks are open),
+        # so that the pool test skips the planes already clipped.
+        in_pool = pool[None, :] == ids[at][:, None]
+        slot = jnp.where(none | ~jnp.any(in_pool, 1), width, jnp.argmax(in_pool, 1))
+        # (An empty P0 certifies nothing here: `_cells` certifies an empty cell by itself, and a
+        # P0 empty by rounding may clip to a sliver elsewhere.)
+        reach = jnp.where(fits & ~poly.overflow & ~kernel.is_empty(poly), jnp.inf, 0.0).astype(y.dtype)
+        return jnp.where(none, n, ids[at]).astype(idx.dtype), slot.astype(jnp.int32), pool, reach
 
     def search(rows):
         index, slot, pool, reach = jax.vmap(one)((rows, current[rows]))
@@ -656,8 +663,8 @@ def _redo_uncertified(stage, out, *operands, size, hopeless, cond, loop: bool = 
     """``stage(out, rows, *operands)`` on the uncertified cells, up to ``size`` of them (a budget,
     which may be traced), in chunks of ~`REDO_CHUNK` rows, each under ``cond`` (under vmap: the
     problems whose chunk is empty skip it): the stage costs what the cells left need, not its
-    whole budget (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first pass, ring
-    stage 260 ms for all 1666 rows of its budget at once, 103 ms in chunks of 64).  With ``loop``
+    whole budget (1e4 uniform seeds, 2D, at the optimum: 894 cells left by the first pass, the
+    former ring stage 260 ms for all 1666 rows of its budget at once, 103 ms in chunks of 64).  With ``loop``
     (Newton's trial diagrams), a ``while_loop`` over the chunks that hold cells; else a ``scan``
     over the budget's chunks (all n rows' when it is traced), which reverse-mode differentiation
     can go through.  Returns the diagram and whether more than ``hopeless`` cells were

@@ -44,7 +44,8 @@ class Candidates(eqx.Module):
     """k candidate neighbours per seed, likeliest first (module docstring); the seeds to
     check each cell against (``pool``, or every seed when None) and where the candidates sit in
     it (``slot``, padded with the pool's length); every seed outside the pool is at Euclidean
-    distance >= ``reach``; ``shift`` is the seed's gauge."""
+    distance >= ``reach`` (inf: the search proved by other means that none cuts the cell, see
+    `open_block_pool`); ``shift`` is the seed's gauge."""
 
     index: Int[Array, "n k"]
     pool: Int[Array, "n p"] | None
@@ -149,9 +150,9 @@ def scaled(grid: Grid, factor: Float[Array, ""]) -> Grid:
 
 
 def _coarse(cells: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
-    """(grid cells per coarse block along every axis, coarse blocks per axis), balancing the
-    (g/C)^d coarse and (2C)^d fine tests of `excluded` (g: the geometric mean of the cells per
-    axis)."""
+    """(grid cells per coarse block along every axis, coarse blocks per axis): C ~ sqrt(g / 2),
+    g the geometric mean of the cells per axis (`pool_bounds` tests the coarse blocks beyond a
+    window of grid cells, `open_block_pool` all coarse blocks, then the grid cells of a few)."""
     c = max(2, round(math.sqrt(math.prod(cells) ** (1 / len(cells)) / 2)))
     return c, tuple(-(-g // c) for g in cells)
 
@@ -172,7 +173,7 @@ def _clip(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Int[Array, "..
 
 class FarField(eqx.Module):
     r"""Upper bounds of the weights over every grid cell and every coarse block (C^d grid
-    cells), for `excluded`: $\psi_j \le$ ``top`` $+ 2 \langle$ ``slope``, $y_j - c_Q \rangle$
+    cells): $\psi_j \le$ ``top`` $+ 2 \langle$ ``slope``, $y_j - c_Q \rangle$
     (an affine bound, $c_Q$ the block's centre) and $\psi_j \le$ ``largest``, for the seeds of
     block Q.  Empty blocks hold -inf."""
 
@@ -312,7 +313,7 @@ class PoolBounds(eqx.Module):
     G's box widened by ``widen[l]`` grid cells, $|u - y_j|^2 - \tilde\psi_j \ge$ ``lower[l]`` for
     the seeds j of the rest (the gauge moves the cells back towards their seeds: it is their
     displacement, fitted to the weights, see the module docstring).  Built in O(grid cells x
-    blocks), shared by the ~24 seeds of a grid cell (2D): the per-seed test of `excluded`, on
+    blocks), shared by the ~24 seeds of a grid cell (2D): a per-seed test (the former `excluded`), on
     every block, cost as much as clipping (1e5 uniform seeds in 2D: 1.1 s of a 2.8 s first
     pass)."""
 
