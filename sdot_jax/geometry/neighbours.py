@@ -226,6 +226,18 @@ def _coarse_blocks(grid: Grid, field: FarField, dtype):
                     lo + blocks * c * size - slack, lo + (blocks + 1) * c * size + slack)
 
 
+def _fine_blocks(grid: Grid, field: FarField, coords, real, dtype):
+    """The flat index of the grid cells at ``coords`` (clipped to the grid) and their (top, slope,
+    largest, lo, hi), their boxes widened by the bucketing slack; cells outside the grid, or not
+    ``real``, have top = -inf."""
+    flat = _flat(_clip(coords, grid.cells), grid.cells)
+    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
+    slack = _slack(grid, dtype)
+    top = jnp.where(_inside(coords, grid.cells) & real, field.fine_top[flat], -jnp.inf)
+    return flat, (top, field.fine_slope[flat], field.fine_largest[flat],
+                  lo + coords * size - slack, lo + (coords + 1) * size + slack)
+
+
 def _slack(grid: Grid, dtype):
     """How far a seed may lie outside its grid cell's box: it was bucketed in float32."""
     return 1e-5 * (jnp.max(jnp.abs(grid.lo.astype(dtype))) + max(grid.cells) * jnp.max(grid.size.astype(dtype)))
@@ -294,12 +306,7 @@ def open_block_pool(grid: Grid, field: FarField, seed, weight, vertices, live, w
     picked = first_true(open_coarse, m)  # padded with the coarse block count
     offsets = jnp.asarray(np.array(list(itertools.product(range(c), repeat=d)), np.int32))
     f = (blocks[jnp.minimum(picked, blocks.shape[0] - 1)][:, None, :] * c + offsets[None]).reshape(-1, d)
-    real = _inside(f, g) & jnp.repeat(picked < blocks.shape[0], offsets.shape[0])
-    flat = _flat(_clip(f, g), g)
-    lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
-    slack = _slack(grid, dtype)
-    fine = (jnp.where(real, field.fine_top[flat], -jnp.inf), field.fine_slope[flat], field.fine_largest[flat],
-            lo + f * size - slack, lo + (f + 1) * size + slack)
+    flat, fine = _fine_blocks(grid, field, f, jnp.repeat(picked < blocks.shape[0], offsets.shape[0]), dtype)
     count = jnp.where(~_blocks_excluded_at(*fine, vertices, live, own), grid.count[flat], 0)
     pool, fits = _packed(grid, flat, count, width)
     return pool, fits & (jnp.sum(open_coarse) <= m)
@@ -382,10 +389,7 @@ def pool_bounds(grid: Grid, field: FarField, shift: Float[Array, "n d"], ring: i
     widths = jnp.asarray(widen, dtype)
 
     def one(coords, gauge):
-        f = coords + offsets
-        flat = _flat(_clip(f, g), g)
-        fine = (jnp.where(_inside(f, g), field.fine_top[flat], -jnp.inf), field.fine_slope[flat],
-                field.fine_largest[flat], lo + f * size - slack, lo + (f + 1) * size + slack)
+        _, fine = _fine_blocks(grid, field, coords + offsets, True, dtype)
         top, slope, largest, block_lo, block_hi = (jnp.concatenate(pair) for pair in zip(fine, coarse))
         mid, half = 0.5 * (block_lo + block_hi), 0.5 * (block_hi - block_lo)
         window = _window(grid, coords, reach, slack, dtype)
