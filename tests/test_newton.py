@@ -10,7 +10,7 @@ from helpers import box_halfspaces, reference_diagram
 from sdot_jax import Box, SumOfDiracs, api, optimal_transport_plan
 from sdot_jax.geometry.diagram import Capacities
 from sdot_jax.solve import linear
-from sdot_jax.solve.newton import Status, newton
+from sdot_jax.solve.newton import Status, _mass_defect, newton
 from sdot_jax.solve.start import initial_weights
 
 N = 400
@@ -39,6 +39,46 @@ def test_quadratic_convergence(problem):
     for k in small:
         assert res[k + 1] <= 10 * res[k] ** 2 + 1e-13, res
     assert int(stats.evaluations) >= int(stats.iterations) + 1
+
+
+def test_from_the_quantile_start_every_step_on_the_dth_root_of_the_masses_is_taken_whole():
+    """1000 uniform Diracs: with the steps of `_mass_defect` every trial is accepted at t = 1,
+    one diagram per step (with a - m, the first step was halved: 6 steps, 8 diagrams)."""
+    n = 1000
+    y = jnp.asarray(np.random.default_rng(0).random((n, 2)))
+    density = Box().with_dim(2)
+    _, stats, _ = _newton(y, jnp.full((n,), 1.0 / n), density, initial_weights(y, density), Capacities.default(n, 2),
+                          jnp.asarray(1e-10), 30, False)
+    assert stats.status == Status.converged
+    assert int(stats.evaluations) == int(stats.iterations) + 1, (int(stats.iterations), int(stats.evaluations))
+
+
+def test_mass_defect_is_newtons_step_on_the_dth_root_of_the_masses():
+    """r_i = (a_i^p - m_i^p) / (p m_i^(p-1)), p = 1/d, written out here; a - m near m = a (where
+    that form cancels), in 1D, for an empty cell, and where r would be no descent direction."""
+    a = np.array([0.1, 0.2, 0.3, 0.15, 0.25])
+    x = np.array([0.03, 0.5, 1.7, 6.0, 1.2])  # m / a: far below, below and above the target
+    m = a * x
+    for d in (2, 3):
+        p = 1 / d
+        want = (a**p - m**p) / (p * m ** (p - 1))
+        assert np.dot(a - m, want) >= 0.75 * np.dot(a - m, a - m)  # (a descent direction)
+        np.testing.assert_allclose(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(m), d)), want, rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(m), 1)), a - m, rtol=1e-15)
+    near = a * (1 + np.array([1e-10, -3e-11, 0.0, 2e-9, -1e-12]))
+    np.testing.assert_allclose(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(near), 2)), a - near,
+                               rtol=2e-9, atol=0)
+    empty = m.copy()
+    empty[0] = 0.0
+    assert np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(empty), 2))[0] == a[0]
+    # The deficit sits in cells far below their targets (h ~ 2 sqrt(m / a)), the excess spread
+    # thin: (a - m) . r < 3/4 |a - m|^2, and Newton's own a - m is kept.
+    a = np.full(11, 1 / 11)
+    m = a * np.concatenate([[1e-3], np.full(10, 1 + 0.999e-1)])
+    p = 1 / 2
+    r = (a**p - m**p) / (p * m ** (p - 1))
+    assert np.dot(a - m, r) < 0.75 * np.dot(a - m, a - m)
+    np.testing.assert_array_equal(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(m), 2)), a - m)
 
 
 def test_max_iterations_reported(problem):

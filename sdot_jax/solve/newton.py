@@ -1,8 +1,9 @@
 r"""Damped Newton for the semi-discrete dual (Kitagawa, Mérigot & Thibert).
 
 Find weights $\psi$ with $m_i(\psi) = a_i$ for every cell.  Each step solves
-$L(\psi) \delta = a - m(\psi)$ (so that $m(\psi + \delta) \approx a$, since $Dm = L$), then halves
-$t$ from 1 until
+$L(\psi) \delta = r$ (so that $m(\psi + \delta) \approx m + r$, since $Dm = L$), with $r = a - m(\psi)$
+written for the equivalent equations $m_i^{1/d} = a_i^{1/d}$ (`_mass_defect`: the same near the
+solution, shorter for cells far below their target), then halves $t$ from 1 until
 
 1. every cell keeps mass at least $\varepsilon_0 = \min(\min_i a_i, \min_i m_i(\psi_0)) / 2$, and
 2. $|a - m(\psi + t\delta)| \le (1 - t/2)\, |a - m(\psi)|$.
@@ -353,7 +354,35 @@ def _direction(_, y, a, mass, facet_mass, candidates, total, err, tol, order):
     # near the end, 0.1 x tol / err is enough to land below tol (the linear part of the next
     # error is ~ rtol x err), and saves the tightest solves (2D 1e6: 102 CG steps at err 7.5e-5).
     rtol = jnp.clip(jnp.maximum(0.1 * err, 0.1 * tol / err), 1e-13, 1e-2).astype(a.dtype)
-    return linear.solve_with_info(lap, a - mass, rtol)
+    return linear.solve_with_info(lap, _mass_defect(a, mass, y.shape[1]), rtol)
+
+
+def _mass_defect(a, mass, d: int):
+    r"""The right-hand side $r$ of the Newton system $L \delta = r$: Newton's step for the
+    equations $m_i^p = a_i^p$, $p = 1/d$, whose solution is the same,
+    $r_i = (a_i^p - m_i^p) / (p\, m_i^{p-1}) = (a_i - m_i)\, h(m_i / a_i)$ with
+    $h(x) = (1 - x^p) / (p\, x^{p-1} (1 - x))$, $h(1) = 1$: near the solution, Newton's own step.
+
+    A cell far below its target grows like $(\psi_i - \psi_c)^d$ from where it appears, so the
+    step for $m_i = a_i$ overshoots it by ~$a_i / m_i$ (from the quantile start, 1e4 uniform
+    Diracs in 2D: cells at 3% of their target reached 328% at $t = 1$ and others emptied; the
+    line search took $t = 1/2$).  On $m^{1/d}$, ~the cell's diameter, that step is ~linear:
+    2D 1e4 uniform 7 -> 5 diagrams, 3D 1e5 8 -> 5.
+
+    The line search needs $|a - m - t r| \le (1 - t/2) |a - m|$ at small $t$, so $r$ is kept
+    when $(a - m) \cdot r \ge \tfrac34 |a - m|^2$ (a margin over the first order's 1/2, as
+    $|r| \le d |a - m|$ since $h < d$): along the uniform solves above the ratio stays in
+    0.95 ... 1.05.  Else (and for empty cells, $h(0) = 0$) $a - m$ is kept.
+    """
+    p = 1.0 / d
+    u = (mass - a) / a
+    small = jnp.abs(u) < 1e-8
+    u_safe = jnp.where(small, 1.0, u)
+    h = jnp.expm1(p * jnp.log1p(u_safe)) / (p * u_safe * (1 + u_safe) ** (p - 1))
+    h = jnp.where(small | (mass <= 0), 1.0, h)
+    defect = a - mass
+    r = defect * h
+    return jnp.where(jnp.vdot(defect, r) >= 0.75 * jnp.vdot(defect, defect), r, defect)
 
 
 def _keep_direction(old, *_):
