@@ -68,6 +68,14 @@ def test_mass_defect_is_newtons_step_on_the_dth_root_of_the_masses():
     near = a * (1 + np.array([1e-10, -3e-11, 0.0, 2e-9, -1e-12]))
     np.testing.assert_allclose(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(near), 2)), a - near,
                                rtol=2e-9, atol=0)
+    # Close to the target (where the closed form cancels): the series of h(1 + u) to O(u^3).
+    u = np.array([1e-7, -1e-7, 1e-5, -1e-5, 1e-3])
+    close = a * (1 + u)
+    for d in (2, 3):
+        p = 1 / d
+        h = 1 + (1 - p) * u / 2 - (1 - p) * (1 + p) * u**2 / 6
+        np.testing.assert_allclose(np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(close), d)), (a - close) * h,
+                                   rtol=1e-9)
     empty = m.copy()
     empty[0] = 0.0
     assert np.asarray(_mass_defect(jnp.asarray(a), jnp.asarray(empty), 2))[0] == a[0]

@@ -141,7 +141,7 @@ def newton(
 
     ``hessian_density`` (a smoothed copy of ``density``, from continuation): while the
     root-mean-square relative mass error exceeds ``SMOOTHED_HESSIAN_UNTIL``, the direction solves
-    $L_s \delta = a - m(\psi)$ with $L_s$ the Laplacian of the *smoothed* density's facets (one
+    $L_s \delta = r$ (`_mass_defect`) with $L_s$ the Laplacian of the *smoothed* density's facets (one
     more diagram per step); when the line search rejects it down to ``SMOOTHED_MIN_STEP``, the true
     direction from the same point takes over for that step.  On a sharp image the true $L$ only
     sees the pixel a facet lies in and misses the 90x denser one a fraction of a cell away: at
@@ -372,12 +372,14 @@ def _mass_defect(a, mass, d: int):
     The line search needs $|a - m - t r| \le (1 - t/2) |a - m|$ at small $t$, so $r$ is kept
     when $(a - m) \cdot r \ge \tfrac34 |a - m|^2$ (a margin over the first order's 1/2, as
     $|r| \le d |a - m|$ since $h < d$): along the uniform solves above the ratio stays in
-    0.95 ... 1.05.  Else (and for empty cells, $h(0) = 0$) $a - m$ is kept.
+    0.95 ... 1.05.  Else (and for empty cells, $h(0) = 0$) $a - m$ is kept.  The solve
+    projects $r$ to zero mean (as it does $a - m$, whose mean is 0): the step is that of
+    $m^{1/d}$ up to a uniform shift of the targets, which leaves $(a - m) \cdot r$ unchanged.
     """
     p = 1.0 / d
     u = (mass - a) / a
     small = jnp.abs(u) < 1e-8
-    u_safe = jnp.where(small, 1.0, u)
+    u_safe = jnp.where(small | (mass <= 0), 1.0, u)  # (no NaN or inf even in the discarded branch)
     h = jnp.expm1(p * jnp.log1p(u_safe)) / (p * u_safe * (1 + u_safe) ** (p - 1))
     h = jnp.where(small | (mass <= 0), 1.0, h)
     defect = a - mass
