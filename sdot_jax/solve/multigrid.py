@@ -130,11 +130,12 @@ def build(
 
 
 def key_dtype(m: int):
-    """The integer type of `_contract`'s edge keys (``row * m + col``) for m nodes: int64 under
-    x64, int32 when the keys fit, else None (sort the pairs)."""
-    if jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64:
-        return jnp.int64
-    return jnp.int32 if m * m < 2**31 - 1 else None
+    """The integer type of `_contract`'s edge keys (``row * m + col``) for m nodes: int32 when
+    the keys fit (sorting 6e5 keys: 95 -> 72 ms against int64 on CPU), else int64 under x64,
+    else None (sort the pairs)."""
+    if m * m < 2**31 - 1:
+        return jnp.int32
+    return jnp.int64 if jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64 else None
 
 
 def _contract(rows, cols, weights, m: int, cap: int, key=None):
