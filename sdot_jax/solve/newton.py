@@ -380,10 +380,9 @@ def _mass_defect(a, mass, d: int):
     """
     p = 1.0 / d
     u = (mass - a) / a
-    small = jnp.abs(u) < 1e-8
-    u_safe = jnp.where(small | (mass <= 0), 1.0, u)  # (no NaN or inf even in the discarded branch)
-    h = jnp.expm1(p * jnp.log1p(u_safe)) / (p * u_safe * (1 + u_safe) ** (p - 1))
-    h = jnp.where(small | (mass <= 0), 1.0, h)
+    plain = (jnp.abs(u) < 1e-8) | (mass <= 0)  # h = 1: at the target, and for empty cells
+    u_safe = jnp.where(plain, 1.0, u)  # (no NaN or inf even in the discarded branch)
+    h = jnp.where(plain, 1.0, jnp.expm1(p * jnp.log1p(u_safe)) / (p * u_safe * (1 + u_safe) ** (p - 1)))
     defect = a - mass
     r = defect * h
     return jnp.where(jnp.vdot(defect, r) >= 0.75 * jnp.vdot(defect, defect), r, defect)
