@@ -215,21 +215,23 @@ def _clip_both_ways(poly, normal, offset, plane_id):
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([-1.0, 0.0, 1.0]), st.sampled_from([-1.0, 0.0, 1.0]),
                           st.sampled_from([-1.0, 0.0, 1.0]), st.sampled_from([0.0, 0.5, 1.0])),
-                min_size=4, max_size=16))
-def test_matching_new_edges_agrees_with_walking_the_facets(planes):
+                min_size=4, max_size=16),
+       st.sampled_from([1, polyhedron.FACET_BINS]))
+def test_matching_new_edges_agrees_with_walking_the_facets(planes, id_step):
     # Lattice planes through corners, edges and each other's vertices: coincident vertices and
-    # facets cut in several places, where the matching must hand over to the walk.
-    poly = polyhedron.box(-jnp.ones(3), jnp.ones(3), 64, len(planes))
+    # facets cut in several places, where the matching must hand over to the walk.  With plane
+    # ids FACET_BINS apart, every clipping plane's facet shares one bin of the matching's table.
+    poly = polyhedron.box(-jnp.ones(3), jnp.ones(3), 64, id_step * len(planes))
     for t, (*normal, offset) in enumerate(planes):
         if not any(normal):
             continue
-        matched, walked = _clip_both_ways(poly, jnp.array(normal), jnp.array(offset), jnp.int32(t))
+        matched, walked = _clip_both_ways(poly, jnp.array(normal), jnp.array(offset), jnp.int32(id_step * t))
         for a, b in zip(matched, walked):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         poly = matched
     assert not bool(poly.overflow)
     vertices = np.asarray(poly.vertices)[np.asarray(poly.valid)]
-    volume = polyhedron.integrate(poly, CUBE, jnp.zeros(3), len(planes))[0]
+    volume = polyhedron.integrate(poly, CUBE, jnp.zeros(3), id_step * len(planes))[0]
     flat = np.linalg.matrix_rank(vertices - vertices.mean(0), tol=1e-9) < 3 if len(vertices) else True
     hull = 0.0 if flat else ConvexHull(vertices).volume
     np.testing.assert_allclose(float(volume), hull, atol=1e-12)

@@ -87,6 +87,10 @@ def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     return jnp.full((size,), n, jnp.int32).at[target].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
 
 
+#: Bins of `clip`'s table that pairs the new vertices on each facet (plane ids modulo it).
+FACET_BINS = 128
+
+
 def new_vertex_capacity(capacity: int) -> int:
     """How many vertices one clip may create (the size of the new facet), for ``capacity`` slots."""
     return max(8, capacity // 3)
@@ -138,12 +142,18 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     facet = jnp.take_along_axis(planes_w, 3 - j - k[:, None], -1)
     # The other end of that new edge is the other new vertex on facet r: unique unless rounding
     # split the facet's outside vertices into several runs; those few walk the facet instead
-    # (3D, 1e4 cells by 24 planes each: 1119 -> 916 ms against walking every facet).
-    new_ids = jnp.where(live_e[:, None], new_planes, -2)
-    on_r = jnp.any(new_ids[None, None, :, :] == facet[:, :, None, None], -1)  # (m, 2, m')
-    on_r = on_r & (jnp.arange(m)[:, None, None] != jnp.arange(m)[None, None, :])
-    partner = jnp.argmax(on_r, -1)
-    ambiguous = live_e[:, None] & (jnp.sum(on_r, -1) != 1)
+    # (3D, 1e4 cells by 24 planes each: 1119 -> 916 ms against walking every facet).  Every new
+    # vertex registers on its two facets in a table of FACET_BINS bins (plane id mod FACET_BINS),
+    # adding 1 + (its index) (2m + 1): a bin counting 2 holds the facet's two new vertices, and
+    # their indices' sum.  A facet's crossings are even in number (its cycle leaves the half-space
+    # as often as it enters), so a bin shared by two facets counts 4 or more and walks: never a
+    # wrong partner.  (Comparing all m x m pairs instead: 5x slower, 1024 cells.)
+    e_ids = jnp.arange(m, dtype=jnp.int32)
+    bins = jnp.where(live_e[:, None], facet % FACET_BINS, FACET_BINS)
+    code = jnp.where(live_e, 1 + e_ids * (2 * m + 1), 0)
+    table = jnp.zeros((FACET_BINS + 1,), jnp.int32).at[bins].add(jnp.broadcast_to(code[:, None], bins.shape))[bins]
+    partner = jnp.clip(table // (2 * m + 1) - e_ids[:, None], 0, m - 1)
+    ambiguous = live_e[:, None] & (table % (2 * m + 1) != 2)
     prev = jnp.broadcast_to(w[:, None], j.shape)
     cur = jnp.take_along_axis(nbrs[w], j, -1)
     active = live_e[:, None] if walk else ambiguous

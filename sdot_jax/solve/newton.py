@@ -5,7 +5,8 @@ $L(\psi) \delta = r$ (so that $m(\psi + \delta) \approx m + r$, since $Dm = L$),
 written for the equivalent equations $m_i^{1/d} = a_i^{1/d}$ (`_mass_defect`: the same near the
 solution, shorter for cells far below their target), then halves $t$ from 1 until
 
-1. every cell keeps mass at least $\varepsilon_0 = \min(\min_i a_i, \min_i m_i(\psi_0)) / 2$, and
+1. every cell keeps mass at least $\varepsilon_0 = \min(\min_i a_i, \min_i m_i(\psi_0)) / 10$
+   (`MASS_FLOOR_FRACTION`; the theory needs any fraction below 1), and
 2. $|a - m(\psi + t\delta)| \le (1 - t/2)\, |a - m(\psi)|$.
 
 This is globally convergent and locally quadratic.  The stopping test is the worst relative mass
@@ -103,6 +104,11 @@ GROW_BELOW_STEP = 1 / 8  # see `newton`'s stop_when_short
 #: steps of 2^-8) and reports `Status.precision`.
 PRECISION_FLOOR = 1.0
 FLOOR_TRIES = 12
+# The line search's floor on every cell's mass, as a fraction of the smallest target or starting
+# mass.  Kitagawa-Merigot-Thibert take 1/2; at 1/10 the trials at t = 1 that leave one cell at a
+# few percent of its target are kept (1e5 uniform Diracs in 2D: 7 -> 6 diagrams; the 90:1 image
+# without continuation, 2e3 Diracs: 33 -> 27), and no other solve measured changed.
+MASS_FLOOR_FRACTION = 0.1
 SMOOTHED_MIN_STEP = 1 / 8  # a smoothed direction not accepted down to this t gives way to the true one
 
 
@@ -221,7 +227,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
         psi_t = s.psi + s.t * s.direction
         diagram = for_active(active, _evaluate, _unchanged, s.diagram, y, psi_t, ~initial, density, capacities, grid)
         m_t = diagram.mass / total
-        eps0 = jnp.where(initial, 0.5 * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
+        eps0 = jnp.where(initial, MASS_FLOOR_FRACTION * jnp.minimum(jnp.min(a), jnp.min(m_t)), s.eps0)
         # A cell clipped by only some of the seeds contains the true cell, so an uncertified mass
         # is an upper bound: one below eps0 rejects the trial whatever the missing seeds would
         # cut, and no capacity is blamed (the Gaussian mixture at n = 1e4: the trials at t = 1
