@@ -37,6 +37,11 @@ from .kernels import kernel_for
 from .polyhedron import first_true
 
 
+@eqx.filter_jit  # (one program: its operations one by one compiled ~15 each on a first call)
+def _gauge_seeds(y, density):
+    return axis_gauge(y, density).seeds(y)
+
+
 class Capacities(eqx.Module):
     """Sizes of the padded buffers (static) and budgets of the fallback stages.  Overflows are
     detected and reported, never truncated.
@@ -85,7 +90,7 @@ class Capacities(eqx.Module):
             per_cell = {1: 8.0, 2: 24.0, 3: 40.0}[d]
             if y is not None:
                 if density is not None:
-                    y = np.asarray(axis_gauge(jnp.asarray(y), density).seeds(jnp.asarray(y)))
+                    y = np.asarray(_gauge_seeds(jnp.asarray(y), density))
                 grid = neighbours.grid_capacity(y, per_cell)
             else:
                 occupancy = int(per_cell * 4 + 8)

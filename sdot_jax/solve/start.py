@@ -29,6 +29,7 @@ whose cells sit where their mass is.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -47,6 +48,9 @@ def _monotone_potential(t: Float[Array, " n"], lo, hi) -> tuple[Float[Array, " n
     return jnp.zeros_like(t).at[order].set(at_knots), jnp.zeros_like(t).at[order].set(q)
 
 
+# Compiled as one program: run op by op, its ~60 operations each compiled on first use took
+# 1.7 s of a solve's first call (2D, 1e4 Diracs), against 0.3 s.
+@eqx.filter_jit
 def initial_weights(y: Float[Array, "n d"], density) -> Float[Array, " n"]:
     n, d = y.shape
     c = density.interior_point().astype(y.dtype)
