@@ -100,9 +100,11 @@ class Capacities(eqx.Module):
         # far-field bound of the first ring of grid cells), more during the first Newton
         # steps.  Exhaustive search: 0-3 cells of 100 uniform points fail (k = 32), and the
         # stage costs as much as the first pass, every time under vmap.
-        # 3D: twice that (n = 1e4 uniform: the first Newton trials left more than n / 6, and the
-        # API doubled it, a restart and a recompilation each time; the stages cost what they redo).
-        fallback = min(n, max(64, n // (6 if d <= 2 else 3)) if grid is not None else max(16, n // 16))
+        # 3D: 3n / 5 (n = 1e4 uniform: the first Newton trials left more than n / 6; near a
+        # plane, the trials at t = 1 left 5244 and 5091 cells, beyond n / 3 and the exhaustive
+        # stage's 1677, and were rejected: 8 diagrams, 23.0 s; at 3n / 5: 5 diagrams, 17.8 s, and
+        # no change on uniform seeds, 1e4 and 1e5).  The stages cost what they redo, not their budget.
+        fallback = min(n, max(64, n // 6 if d <= 2 else 3 * n // 5) if grid is not None else max(16, n // 16))
         return Capacities(vertices, max(candidates, 1), fallback, grid)
 
     def exhaustive_rows(self, n: int) -> int | Int[Array, ""]:
