@@ -458,13 +458,15 @@ PAIRS_PER_BATCH = 2**21
 #: costs little more than the bound), so 2D bounds every seed and tests vertex by vertex only the
 #: cells that a bound leaves open (`_pool_may_cut`), as does the block stage in every dimension.
 SURVIVORS = {3: 64}
+#: Cells per chunk of `_cells`' ``block_test``, run on the cells that the pool bounds leave.
+BLOCK_TEST_CHUNK = 256
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, vertex_test=None,
            split: tuple[int, int] | None = None, loop: bool = False, known: Int[Array, " r"] | None = None,
-           survivors: int | None = None):
+           survivors: int | None = None, block_test=None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
     `clip_cell_in_two`, both rounds loops with ``loop``; a cell left incomplete is not
     certified).  ``known`` (with ``loop``): how many of each row's first candidates bound its
@@ -476,7 +478,9 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     Newton trial diagram 1.13 -> 1.02 s.  (In 3D, 90% of the cells of 1e4 uniform seeds stay
     open: ``survivors`` prunes seed by seed instead.)
     Seeds outside the pool are excluded by ``reach`` or by ``vertex_test(i, vertices, live)``,
-    from its vertices (`neighbours.within_pool_bounds` in the first pass)."""
+    from its vertices (`neighbours.within_pool_bounds` in the first pass); where both fail, by
+    ``block_test(i, vertices, live)`` (`neighbours.within_ring_pool`), run after the map on
+    those cells only."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -520,12 +524,14 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
             far = far | ((reach > 0) & vertex_test(i, y[i] + verts, live))
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         empty = kernel.is_empty(poly)
+        # For `block_test`: only the seeds beyond the pool are left to exclude.
+        beyond = ~empty & ~far & complete & (reach > 0)
         if not two_phase:
             cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
-            return empty | (far & ~cut & complete), jnp.zeros((), bool)
+            return empty | (far & ~cut & complete), jnp.zeros((), bool), beyond & ~cut
         maybe = _pool_may_cut(verts, live, r, (mean, spread), i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale,
                               heaviest)
-        return empty | (far & complete & ~maybe), ~empty & far & complete & maybe
+        return empty | (far & complete & ~maybe), ~empty & far & complete & maybe, beyond
 
     def exact(at, poly):
         """Whether no seed of its pool cuts the cell at position ``at`` (`_cut_by_pool`)."""
@@ -542,10 +548,19 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     poly, complete, (mass, first, second, facets) = jax.lax.map(
         clipped, (order, first_round),
         batch_size=min(CLIP_BATCH[min(d, 3)] * batches.scale(), rows.shape[0]))
-    ok, open_ = jax.lax.map(certified, (poly, complete, order), batch_size=batch)
+    ok, open_, beyond = jax.lax.map(certified, (poly, complete, order), batch_size=batch)
     if two_phase:
         ok = ok | _where_open(open_, lambda p: jax.vmap(exact)(order[p], jax.tree.map(lambda a: a[p], poly)),
                               chunk=batch)
+    if block_test is not None:
+
+        def blocked(p):
+            at, cells = order[p], jax.tree.map(lambda a: a[p], poly)
+            passed = jax.vmap(lambda at, cell: block_test(rows[at], y[rows[at]] + cell.vertices,
+                                                          kernel.live_mask(cell)))(at, cells)
+            return passed & jax.vmap(exact)(at, cells) if two_phase else passed
+
+        ok = ok | _where_open(beyond & ~ok, blocked, chunk=min(BLOCK_TEST_CHUNK * batches.scale(), rows.shape[0]))
     # An overflowed polygon's vertices are meaningless: its mass is no bound of the cell's (a later
     # stage may redo it; Newton takes an uncertified cell's mass as an upper bound otherwise).
     mass = jnp.where(poly.overflow, jnp.inf, mass)
@@ -594,6 +609,12 @@ def _pool_bounds_test(grid, bounds, y, psi):
     """Whether the seeds outside a cell's ring-1 pool are excluded (`neighbours.within_pool_bounds`)."""
     return lambda i, vertices, live: neighbours.within_pool_bounds(
         bounds, grid, grid.coords[i], y[i], psi[i], vertices, live)
+
+
+def _ring_pool_test(grid, field, y, psi):
+    """Whether the seeds outside a cell's ring-1 pool are excluded (`neighbours.within_ring_pool`)."""
+    return lambda i, vertices, live: neighbours.within_ring_pool(grid, field, grid.coords[i], y[i], psi[i],
+                                                                 vertices, live)
 
 
 def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int, loop: bool = False):
@@ -814,7 +835,7 @@ def power_diagram(
         slots = first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0])
         out = _cells(jnp.arange(n), cand, y, psi, density, slots,
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
-                     survivors=SURVIVORS.get(d))
+                     survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi))
         out = _overflow_to_next_stage(out)  # the block stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells (up to `fallback` of them; most cells the first pass leaves
