@@ -251,7 +251,11 @@ def squared_norms(v):
 
 def _box_gap(lo_a, hi_a, lo_b, hi_b):
     """Distances between boxes (broadcast; the last axis is d); a point is the box [p, p]."""
-    return jnp.sqrt(squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b))))
+    return jnp.sqrt(_squared_box_gap(lo_a, hi_a, lo_b, hi_b))
+
+
+def _squared_box_gap(lo_a, hi_a, lo_b, hi_b):
+    return squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b)))
 
 
 def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live, own) -> Bool[Array, " B"]:
@@ -268,12 +272,14 @@ def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live,
     Gaussian mixture, Diracs near a line), where a ball around the cell covers every block.
     Empty blocks (top = -inf) are excluded."""
     dtype = vertices.dtype
-    mid = 0.5 * (block_lo + block_hi)
+    d = vertices.shape[1]
+    # Per block, then per vertex and block summed axis by axis (XLA fuses those sums into the test).
+    constant = squared_norms(slope) - jnp.sum(slope * (block_lo + block_hi), -1) + top  # (B,)
+    tilt = sum(vertices[:, None, a] * slope[None, :, a] for a in range(d))  # (V, B)
     moved = vertices[:, None, :] + slope[None]  # (V, B, d)
-    affine = (_box_gap(moved, moved, block_lo, block_hi) ** 2 - jnp.sum(slope**2, -1)
-              - 2 * jnp.sum(slope * (vertices[:, None, :] - mid), -1) - top)
+    affine = _squared_box_gap(moved, moved, block_lo, block_hi) - 2 * tilt - constant
     at = vertices[:, None, :]
-    bound = jnp.maximum(affine, _box_gap(at, at, block_lo, block_hi) ** 2 - largest)  # (V, B)
+    bound = jnp.maximum(affine, _squared_box_gap(at, at, block_lo, block_hi) - largest)  # (V, B)
     margin = 64 * jnp.finfo(dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(own)[:, None]
                                          + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
     return jnp.isneginf(top) | jnp.all((bound > own[:, None] + margin) | ~live[:, None], 0)
