@@ -758,6 +758,8 @@ def test_open_block_pool_holds_every_seed_that_cuts_the_polygon(d):
     assert not np.any(missed[fits])  # sound
     assert ring.mean() > 0.5 and cut[ring].mean() > 2
     assert not np.any(missed_ring[ring])
+    reach = np.asarray(grid.reach)[::3] > 0
+    assert missed_ring[~ring & reach].sum() > 0  # seeds beyond the ring do cut some polygons
 
 
 def test_block_stage_certifies_the_long_cells_of_diracs_near_a_line():
@@ -786,6 +788,9 @@ def test_block_stage_certifies_the_long_cells_of_diracs_near_a_line():
     d = jax.jit(lambda psi: power_diagram(y, psi, box, caps, grid))(psi)
     assert bool(jnp.all(d.certified)) and not bool(d.short)
     ref = reference_diagram(np.asarray(y), np.asarray(psi), *box_halfspaces([0, 0], [1, 1]))["mass"]
+    # The first pass's own certificates (its pool bounds and `neighbours.within_ring_pool`).
+    first = np.asarray(left.certified)
+    np.testing.assert_allclose(np.asarray(left.mass)[first], ref[first], rtol=1e-10, atol=5e-14)
     # The axis gauge's weights carry ~1e-16 absolute rounding, and a facet of length L between
     # seeds |dy| apart moves by that over 2 |dy|: here L ~ 0.4, |dy| ~ 1e-3, ~2e-14 of area (the
     # grid search without the block stage differs from scipy as much).

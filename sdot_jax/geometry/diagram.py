@@ -525,7 +525,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         # Clipping only removes: a cell already empty stays empty whatever else would cut it.
         empty = kernel.is_empty(poly)
         # For `block_test`: only the seeds beyond the pool are left to exclude.
-        beyond = ~empty & ~far & complete & (reach > 0)
+        beyond = ~empty & ~far & complete & (reach > 0) & ~poly.overflow
         if not two_phase:
             cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
             return empty | (far & ~cut & complete), jnp.zeros((), bool), beyond & ~cut
@@ -560,9 +560,11 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
                                                           kernel.live_mask(cell)))(at, cells)
             return passed & jax.vmap(exact)(at, cells) if two_phase else passed
 
-        ok = ok | _where_open(beyond & ~ok, blocked, chunk=min(BLOCK_TEST_CHUNK * batches.scale(), rows.shape[0]))
-    # An overflowed polygon's vertices are meaningless: its mass is no bound of the cell's (a later
-    # stage may redo it; Newton takes an uncertified cell's mass as an upper bound otherwise).
+        ok = ok | _where_open(beyond, blocked, chunk=min(BLOCK_TEST_CHUNK * batches.scale(), rows.shape[0]))
+    # An overflowed polygon's vertices are meaningless: its mass is no bound of the cell's, and the
+    # cell is not certified (a later stage may redo it; Newton takes an uncertified cell's mass as
+    # an upper bound otherwise).
+    ok = ok & ~poly.overflow
     mass = jnp.where(poly.overflow, jnp.inf, mass)
     out = mass, first, second, facets, ok, poly.overflow
     if known is None:
@@ -838,8 +840,8 @@ def power_diagram(
                      survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi))
         out = _overflow_to_next_stage(out)  # the block stage has all of the slots
     out = out + (cand.index,)
-    # Re-search the uncertified cells (up to `fallback` of them; most cells the first pass leaves
-    # are only short of a proof that no seed beyond the first ring cuts them): first with 2x more
+    # Re-search the uncertified cells (up to `fallback` of them: cells that seeds beyond their
+    # ring-1 pool may cut, long cells of clustered seeds for most): first with 2x more
     # candidates from the grid cells that may cut the polygon, over the whole grid (`_block_stage`,
     # twice); then with 4x more exhaustively (O(n) each: ~2^24 / n cells at scale, a fixed budget
     # of seed pairs per diagram).  Each stage runs only when it can help.

@@ -285,7 +285,8 @@ def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live,
     return jnp.isneginf(top) | jnp.all((bound > own[:, None] + margin) | ~live[:, None], 0)
 
 
-#: Coarse blocks (C^d grid cells, `_coarse`) that `open_block_pool` opens at most per cell.  3D:
+#: Coarse blocks (C^d grid cells, `_coarse`) that `_open_blocks` opens at most per cell (for the
+#: block stage's pools and the first pass's `within_ring_pool`; measured on the block stage).  3D:
 #: each costs C^3 grid-cell tests at 64 vertices (1e5 uniform Diracs, C = 3: solve 100.9 s with
 #: 32, 93.5 s with 16, 91.0 s with 8; 1e4 near a plane 32.2 s with 32, 30.9 s with 16).
 OPEN_COARSE = {1: 4, 2: 16, 3: 16}
@@ -319,7 +320,8 @@ def open_block_pool(grid: Grid, field: FarField, seed, weight, vertices, live, w
     the grid cells of the coarse blocks left open (at most `OPEN_COARSE`), so O(G / C^d + C^d)
     per cell over the whole grid, with no ring of grid cells fixed around the seed: the long
     cells of Diracs near a line defeat any such ring (1e4 Diracs, 2D, at the optimum: 6876
-    cells left by the first pass; here at most 6 coarse blocks, 17 grid cells and 193 seeds)."""
+    cells left by the first pass before `within_ring_pool`, 1769 after; here at most 6 coarse
+    blocks, 17 grid cells and 193 seeds)."""
     flat, _, open_fine, complete = _open_blocks(grid, field, seed, weight, vertices, live)
     pool, fits = _packed(grid, flat, jnp.where(open_fine, grid.count[flat], 0), width)
     return pool, fits & complete
