@@ -746,13 +746,22 @@ def test_open_block_pool_holds_every_seed_that_cuts_the_polygon(d):
             cuts = jnp.any(live[:, None] & (other - own[:, None] < -1e-12), 0).at[i].set(False)
             pooled = jnp.zeros(n + 1, bool).at[pool].set(True)[:n]
             ring = neighbours.within_ring_pool(grid, field, grid.coords[i], y[i], psi[i], verts, live)
+            # The bounding-box pre-test excludes only what the vertex test does, and with room for
+            # every block it leaves, agrees with it (few blocks: a budget of 4 compacts them).
+            _, coarse = neighbours._coarse_blocks(grid, field, y.dtype)
+            full = neighbours._blocks_excluded_at(*coarse, verts, live, own)
+            small = neighbours._blocks_excluded(*coarse, verts, live, own, 4)
+            roomy = neighbours._blocks_excluded(*coarse, verts, live, own, coarse[0].shape[0] - 1)
             in_ring = jnp.zeros(n + 1, bool).at[grid.pool[i]].set(True)[:n]
             return (fits & ~poly.overflow, jnp.sum(cuts & ~pooled), jnp.sum(cuts), jnp.sum(pool < n),
-                    ring & (grid.reach[i] > 0) & ~poly.overflow, jnp.sum(cuts & ~in_ring))
+                    ring & (grid.reach[i] > 0) & ~poly.overflow, jnp.sum(cuts & ~in_ring),
+                    jnp.sum(small & ~full), jnp.sum(small != full), jnp.sum(roomy != full))
 
         return jax.vmap(check)(rows, cand.index)
 
-    fits, missed, cut, size, ring, missed_ring = (np.asarray(a) for a in claims(jnp.arange(0, n, 3)))
+    fits, missed, cut, size, ring, missed_ring, beyond_full, compacted, roomy = (
+        np.asarray(a) for a in claims(jnp.arange(0, n, 3)))
+    assert not beyond_full.any() and compacted.any() and not roomy.any()
     print(fits.mean(), cut[fits].mean(), size[fits].max(), np.median(size[fits]), ring.mean(), cut[ring].mean())
     assert fits.mean() > 0.8 and cut[fits].mean() > 2  # the claims are made, on polygons that several seeds cut
     assert not np.any(missed[fits])  # sound
