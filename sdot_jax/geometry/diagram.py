@@ -726,9 +726,10 @@ def _redo_uncertified(stage, out, *operands, size, hopeless, cond, loop: bool = 
 
 
 def _overflow_to_next_stage(out):
-    """The cells that overflowed their vertex slots, uncertified and no longer overflowed: the next
-    fallback stage, which has more slots, redoes them (and reports its own overflow)."""
-    return out[:4] + (out[4] & ~out[5], jnp.zeros_like(out[5])) + out[6:]
+    """The cells that overflowed their vertex slots (never certified, `_cells`), no longer
+    overflowed: the next fallback stage, which has more slots, redoes them (and reports its own
+    overflow)."""
+    return out[:5] + (jnp.zeros_like(out[5]),) + out[6:]
 
 
 QUADRATIC_GAUGE_FROM = 0.05  # fitted quadratic coefficients below this keep the seeds as they are

@@ -258,6 +258,27 @@ def _squared_box_gap(lo_a, hi_a, lo_b, hi_b):
     return squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b)))
 
 
+def _lower_bounds(lo, hi, top, slope, largest, block_lo, block_hi):
+    r"""Lower bounds of $|x - y_j|^2 - \psi_j$ over every x of the box ``[lo, hi]`` (a point: lo =
+    hi) and the seeds j of each block Q (see `_blocks_excluded_at`):
+    $\mathrm{dist}(x + s_Q, Q)^2 - |s_Q|^2 - 2 \langle s_Q, x - c_Q \rangle - \mathrm{top}_Q$, with
+    $\langle s, x \rangle \le \sum_a \max(s_a lo_a, s_a hi_a)$ over the box, and
+    $\mathrm{dist}(x, Q)^2 - \mathrm{largest}_Q$.  The box broadcasts against the blocks."""
+    d = block_lo.shape[-1]
+    # Per block, then per box and block summed axis by axis (XLA fuses those sums into the test).
+    constant = squared_norms(slope) - jnp.sum(slope * (block_lo + block_hi), -1) + top  # (B,)
+    tilt = sum(jnp.maximum(lo[..., a] * slope[:, a], hi[..., a] * slope[:, a]) for a in range(d))
+    affine = _squared_box_gap(lo + slope, hi + slope, block_lo, block_hi) - 2 * tilt - constant
+    return jnp.maximum(affine, _squared_box_gap(lo, hi, block_lo, block_hi) - largest)
+
+
+def _above(bound, own, top, slope, vertices):
+    """Whether ``bound`` exceeds ``own`` beyond the rounding of both."""
+    margin = 64 * jnp.finfo(vertices.dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(own)
+                                                  + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
+    return bound > own + margin
+
+
 def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live, own) -> Bool[Array, " B"]:
     r"""Whether each block Q (its `FarField` bounds and box) cannot cut the cell of seed i, whose
     ``vertices`` (absolute, where ``live``) have power distance ``own`` $= |x - y_i|^2 - \psi_i$.
@@ -271,18 +292,9 @@ def _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live,
     \mathrm{largest}_Q$.  Tight for cells stretched across many grid cells (the tails of a
     Gaussian mixture, Diracs near a line), where a ball around the cell covers every block.
     Empty blocks (top = -inf) are excluded."""
-    dtype = vertices.dtype
-    d = vertices.shape[1]
-    # Per block, then per vertex and block summed axis by axis (XLA fuses those sums into the test).
-    constant = squared_norms(slope) - jnp.sum(slope * (block_lo + block_hi), -1) + top  # (B,)
-    tilt = sum(vertices[:, None, a] * slope[None, :, a] for a in range(d))  # (V, B)
-    moved = vertices[:, None, :] + slope[None]  # (V, B, d)
-    affine = _squared_box_gap(moved, moved, block_lo, block_hi) - 2 * tilt - constant
     at = vertices[:, None, :]
-    bound = jnp.maximum(affine, _squared_box_gap(at, at, block_lo, block_hi) - largest)  # (V, B)
-    margin = 64 * jnp.finfo(dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(own)[:, None]
-                                         + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
-    return jnp.isneginf(top) | jnp.all((bound > own[:, None] + margin) | ~live[:, None], 0)
+    bound = _lower_bounds(at, at, top, slope, largest, block_lo, block_hi)  # (V, B)
+    return jnp.isneginf(top) | jnp.all(_above(bound, own[:, None], top, slope, vertices) | ~live[:, None], 0)
 
 
 def _blocks_excluded(top, slope, largest, block_lo, block_hi, vertices, live, own, budget: int) -> Bool[Array, " B"]:
@@ -291,19 +303,11 @@ def _blocks_excluded(top, slope, largest, block_lo, block_hi, vertices, live, ow
     budget count as not excluded."""
     if budget >= top.shape[0]:
         return _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live, own)
-    d = vertices.shape[1]
-    dtype = vertices.dtype
     lo = jnp.min(jnp.where(live[:, None], vertices, jnp.inf), 0)
     hi = jnp.max(jnp.where(live[:, None], vertices, -jnp.inf), 0)
     worst = jnp.max(jnp.where(live, own, -jnp.inf))  # own is convex: its maximum is at a vertex
-    # Over the box: |x + s - Q|^2 >= gap(box + s, Q)^2 and <s, x> <= sum_a max(s_a lo_a, s_a hi_a).
-    tilt = sum(jnp.maximum(slope[:, a] * lo[a], slope[:, a] * hi[a]) for a in range(d))
-    constant = squared_norms(slope) - jnp.sum(slope * (block_lo + block_hi), -1) + top
-    affine = _squared_box_gap(lo + slope, hi + slope, block_lo, block_hi) - 2 * tilt - constant
-    bound = jnp.maximum(affine, _squared_box_gap(lo, hi, block_lo, block_hi) - largest)
-    margin = 64 * jnp.finfo(dtype).eps * (jnp.abs(bound) + jnp.abs(top) + jnp.abs(worst)
-                                         + jnp.sum(jnp.abs(slope), -1) * jnp.max(jnp.abs(vertices)))
-    boxed = jnp.isneginf(top) | (bound > worst + margin)
+    bound = _lower_bounds(lo, hi, top, slope, largest, block_lo, block_hi)  # (B,)
+    boxed = jnp.isneginf(top) | _above(bound, worst, top, slope, vertices)
     pick = first_true(~boxed, budget)
     at = jnp.minimum(pick, top.shape[0] - 1)
     tested = _blocks_excluded_at(top[at], slope[at], largest[at], block_lo[at], block_hi[at], vertices, live, own)

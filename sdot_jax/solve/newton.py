@@ -104,10 +104,10 @@ GROW_BELOW_STEP = 1 / 8  # see `newton`'s stop_when_short
 #: steps of 2^-8) and reports `Status.precision`.
 PRECISION_FLOOR = 1.0
 FLOOR_TRIES = 12
-# The line search's floor on every cell's mass, as a fraction of the smallest target or starting
-# mass.  Kitagawa-Merigot-Thibert take 1/2; at 1/10 the trials at t = 1 that leave one cell at a
-# few percent of its target are kept (1e5 uniform Diracs in 2D: 7 -> 6 diagrams; the 90:1 image
-# without continuation, 2e3 Diracs: 33 -> 27), and no other solve measured changed.
+#: The line search's floor on every cell's mass, as a fraction of the smallest target or starting
+#: mass.  Kitagawa-Merigot-Thibert take 1/2; at 1/10 the trials at t = 1 that leave one cell at a
+#: few percent of its target are kept (1e5 uniform Diracs in 2D: 7 -> 6 diagrams; the 90:1 image
+#: without continuation, 2e3 Diracs: 33 -> 27), and no other solve measured changed.
 MASS_FLOOR_FRACTION = 0.1
 SMOOTHED_MIN_STEP = 1 / 8  # a smoothed direction not accepted down to this t gives way to the true one
 
