@@ -329,3 +329,15 @@ def test_cross_polytope_through_box_corners_and_faces(d, r):
     vol, overflow = volume(normals, offsets)
     assert not bool(overflow)
     np.testing.assert_allclose(float(vol), (2 * r) ** d / np.prod(np.arange(1, d + 1)), rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=140), st.integers(1, 40))
+def test_first_true_lists_the_first_true_flags_in_order(flags, size):
+    """`polyhedron.first_true` (bit by bit over 32-bit words) against numpy's nonzero, padded with
+    the length; word edges included (lengths up to 140, runs of True across a word's end)."""
+    want = np.nonzero(flags)[0][:size]
+    want = np.concatenate([want, np.full(size - len(want), len(flags))])
+    np.testing.assert_array_equal(np.asarray(polyhedron.first_true(jnp.asarray(flags), size)), want)
+    batched = jax.vmap(lambda f: polyhedron.first_true(f, size))(jnp.asarray([flags, flags[::-1]]))
+    np.testing.assert_array_equal(np.asarray(batched[0]), want)

