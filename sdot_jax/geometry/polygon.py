@@ -57,12 +57,14 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
 
     exit_point = crossing(n_in - 1, n_in)
     entry_point = crossing(0, count - 1)
-    clipped_vertices = jnp.where((idx < n_in)[:, None], rv, 0.0)
-    clipped_vertices = clipped_vertices.at[n_in].set(exit_point, mode="drop")
-    clipped_vertices = clipped_vertices.at[n_in + 1].set(entry_point, mode="drop")
+    # Written through masks, not `.at[].set`: under vmap, a scatter of one element per cell cost
+    # more (2D 1e5 uniform solve 6.06 -> 5.91 s).
+    is_exit, is_entry = (idx == n_in)[:, None], (idx == n_in + 1)[:, None]
+    clipped_vertices = jnp.where(idx[:, None] < n_in, rv, 0.0)
+    clipped_vertices = jnp.where(is_exit, exit_point, jnp.where(is_entry, entry_point, clipped_vertices))
     clipped_planes = jnp.where(idx < n_in, rp, -1)
-    clipped_planes = clipped_planes.at[n_in].set(jnp.asarray(plane_id, planes.dtype), mode="drop")
-    clipped_planes = clipped_planes.at[n_in + 1].set(rp[count - 1], mode="drop")
+    clipped_planes = jnp.where(idx == n_in, jnp.asarray(plane_id, planes.dtype), clipped_planes)
+    clipped_planes = jnp.where(idx == n_in + 1, rp[count - 1], clipped_planes)
 
     new_vertices = jnp.where(cuts, clipped_vertices, vertices)
     new_planes = jnp.where(cuts, clipped_planes, planes)
