@@ -316,37 +316,29 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad,
     return jnp.any((picked < ids.shape[0]) & (excess > tol)) | (jnp.sum(maybe) > survivors)
 
 
-def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None, ball=None):
+def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
     r"""Whether each seed of ``ys`` may cut the cell: `_excess` with the cell's support function
-    bounded from above by the smaller of its bounding box's and its bounding ball's
-    ($\langle m, \delta \rangle + s |\delta|$, `_bounding_ball`), O(d) per seed instead of
-    O(vertices), kept down to minus the largest rounding tolerance of `_excess` over ``ys`` (which
-    then flags excesses above their own).  At the optimum of 1e5 uniform seeds in 2D, 0.10 seeds
-    per cell of ~177 in its pool are kept beyond its 32 candidates by the box alone (at most 12);
-    1e4 in 3D: 12 of ~540 (at most 56).  ``largest``: upper bounds of ``max |ys|`` (per axis or
-    overall), ``max |psis|`` and ``max |y_j - y_i|^2`` to use instead of the pool's own;
-    ``ball``: the cell's `_bounding_ball`, where the caller has it."""
+    bounded from above by its bounding box's, O(d) per seed instead of O(vertices), kept down to
+    minus the largest rounding tolerance of `_excess` over ``ys`` (which then flags excesses above
+    their own).  At the optimum of 1e5 uniform seeds in 2D, 0.10 seeds per cell of ~177 in its
+    pool are kept beyond its 32 candidates (at most 12); 1e4 in 3D: 12 of ~540 (at most 56).
+    (The smaller of that and a bounding ball's, $\langle m, \delta \rangle + s |\delta|$, left
+    the solves as they were and cost a square root per seed: 2D 1e5 uniform 5.91 -> 5.79 s
+    without it.)  ``largest``: upper bounds of ``max |ys|`` (per axis or overall), ``max |psis|``
+    and ``max |y_j - y_i|^2`` to use instead of the pool's own."""
     delta = ys - y_i
     norm2 = neighbours.squared_norms(delta)
     lo = jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
     hi = jnp.max(jnp.where(live[:, None], verts, -jnp.inf), 0)
-    box = sum(jnp.maximum(lo[a] * delta[:, a], hi[a] * delta[:, a]) for a in range(verts.shape[1]))
-    mean, spread = _bounding_ball(verts, live) if ball is None else ball
-    support = sum(mean[a] * delta[:, a] for a in range(verts.shape[1])) + spread * jnp.sqrt(norm2)
-    bound = 2 * jnp.minimum(box, support) - norm2 - psi_i + psis
+    support = sum(jnp.maximum(lo[a] * delta[:, a], hi[a] * delta[:, a]) for a in range(verts.shape[1]))
+    bound = 2 * support - norm2 - psi_i + psis
     if largest is None:
         largest = (jnp.max(jnp.abs(ys), 0, keepdims=True), jnp.max(jnp.abs(psis), keepdims=True),
                    jnp.max(norm2, keepdims=True))
     return ~(bound <= -_rounding(radius, y_i, psi_i, *largest))  # (NaN: may cut)
 
 
-def _bounding_ball(verts, live):
-    """A ball holding the live vertices: their mean and the largest distance to it."""
-    mean = jnp.sum(jnp.where(live[:, None], verts, 0.0), 0) / jnp.maximum(jnp.sum(live), 1)
-    return mean, jnp.sqrt(jnp.max(jnp.where(live, jnp.sum((verts - mean) ** 2, -1), 0.0)))
-
-
-def _pool_may_cut(verts, live, radius, ball, i, y_i, psi_i, pool, slot, y_pad, psi_pad, scale, heaviest):
+def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad, scale, heaviest):
     """Whether `_may_cut` keeps a seed of ``pool`` other than the clipped candidates at ``slot``:
     if not, no seed of the pool cuts the cell (`_cut_by_pool` is False), at O(d) per seed.  Its
     rounding from ``scale`` >= max |y| and ``heaviest`` >= max |psi| (the pool's own maxima cost
@@ -355,7 +347,7 @@ def _pool_may_cut(verts, live, radius, ball, i, y_i, psi_i, pool, slot, y_pad, p
     other = ((pool < n) & (pool != i)).at[slot].set(False, mode="drop")
     d = y_i.shape[0]
     largest = (scale[None], heaviest[None], d * (jnp.max(jnp.abs(y_i)) + scale[None]) ** 2)
-    return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest, ball))
+    return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest))
 
 
 def _where_open(open_, test, *, chunk: int):
@@ -473,7 +465,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     cell in a nearby diagram (Newton's last one), the first round's count where > 0: the cells
     are clipped in batches of similar counts, as a loop runs for the largest count of its batch.
     ``survivors``: `_cut_by_pool`'s.  Without it, against a pool, each cell is first bounded by
-    its bounding box and ball (`_pool_may_cut`), and only the cells they leave open are tested
+    its bounding box (`_pool_may_cut`), and only the cells it leaves open are tested
     vertex by vertex (`_where_open`): at the optimum of 1e5 uniform seeds in 2D, 17% of them, a
     Newton trial diagram 1.13 -> 1.02 s.  (In 3D, 90% of the cells of 1e4 uniform seeds stay
     open: ``survivors`` prunes seed by seed instead.)
@@ -517,7 +509,6 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         pool = None if cand.pool is None else cand.pool[at]
         verts, live = poly.vertices, kernel.live_mask(poly)
         r = jnp.sqrt(kernel.squared_radius(poly))
-        mean, spread = _bounding_ball(verts, live)
         # reach was measured in float32: keep a margin for its rounding.
         far = _shrink(reach, scale) >= r + jnp.sqrt(r**2 + top - psi[i])
         if vertex_test is not None:
@@ -529,7 +520,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         if not two_phase:
             cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
             return empty | (far & ~cut & complete), jnp.zeros((), bool), beyond & ~cut
-        maybe = _pool_may_cut(verts, live, r, (mean, spread), i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale,
+        maybe = _pool_may_cut(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale,
                               heaviest)
         return empty | (far & complete & ~maybe), ~empty & far & complete & maybe, beyond
 
