@@ -45,7 +45,9 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
     cuts = (n_in < count) & (n_in > 0)
 
     safe_count = jnp.maximum(count, 1)
-    start = jnp.argmax(live & ~out & out[(idx - 1) % safe_count])
+    # out[(idx - 1) % count]: a shift, and one element for idx = 0 (a gather of all V cost more).
+    before = jnp.concatenate([jnp.any(out & (idx == safe_count - 1), keepdims=True), out[:-1]])
+    start = jnp.argmax(live & ~out & before)
     order = (start + idx) % safe_count
     rv, rp, rs = vertices[order], planes[order], s[order]
 
