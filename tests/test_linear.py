@@ -123,12 +123,12 @@ def test_morton_order_is_a_permutation():
     assert sorted(order.tolist()) == list(range(1000))
 
 
-@pytest.mark.parametrize("key", ["packed", jnp.int32, None], ids=["packed", "int32", "pairs"])
+@pytest.mark.parametrize("key", ["packed", jnp.int32, jnp.int64, None], ids=["packed", "int32", "int64", "pairs"])
 def test_contracted_edges_sum_duplicates_on_every_key_path(key):
     """`multigrid._contract` (coarse operators): duplicates summed, self-loops dropped, rows
     sorted with the padding last, the distinct count reported (also past the capacity); the same
-    on its three paths (int64 keys packed with each edge's position, int32 keys, a sort of the pairs),
-    against a dict."""
+    on its four paths (int64 keys packed with each edge's position, int32 keys, int64 keys, a
+    sort of the pairs), against a dict."""
     rng = np.random.default_rng(3)
     m, e = 40, 3000
     rows, cols = rng.integers(0, m, e), rng.integers(0, m, e)
@@ -147,11 +147,13 @@ def test_contracted_edges_sum_duplicates_on_every_key_path(key):
 
 
 def test_key_choice_packs_only_what_fits_in_63_bits():
-    """`multigrid.key_dtype`: packed keys (x64 is on in the tests) while key and position fit in
-    63 bits, then int32 keys while m * m fits in them, else the pairs."""
-    assert multigrid.key_dtype(25_000, 600_000) == "packed"  # 2D 1e5, first contraction
-    assert multigrid.key_dtype(250_000, 24_000_000) == "packed"  # 3D 1e6
-    assert (multigrid.key_dtype(10**6, 10**8) is None) and (multigrid.key_dtype(40_000, 2**62) == jnp.int32)
+    """`multigrid.key_kind` (x64 is on in the tests): packed keys while key and position fit in
+    63 bits, on either side of that limit; then int32 keys while m * m fits in them, else int64."""
+    assert multigrid.key_kind(25_000, 600_000) == "packed"  # 2D 1e5, first contraction
+    assert multigrid.key_kind(250_000, 24_000_000) == "packed"  # 3D 1e6
+    assert multigrid.key_kind(2**19 - 1, 2**25 - 1) == "packed"  # (m^2 + 1) 2^25 < 2^63
+    assert multigrid.key_kind(2**19, 2**25 - 1) == jnp.int64  # just past it
+    assert multigrid.key_kind(40_000, 2**62) == jnp.int32
 
 
 @pytest.mark.parametrize("room", [None, 1000, 1])

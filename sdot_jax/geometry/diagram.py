@@ -322,10 +322,11 @@ def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
     minus the largest rounding tolerance of `_excess` over ``ys`` (which then flags excesses above
     their own).  At the optimum of 1e5 uniform seeds in 2D, 0.10 seeds per cell of ~177 in its
     pool are kept beyond its 32 candidates (at most 12); 1e4 in 3D: 12 of ~540 (at most 56).
-    (The smaller of that and a bounding ball's, $\langle m, \delta \rangle + s |\delta|$, left
-    the solves as they were and cost a square root per seed: 2D 1e5 uniform 5.91 -> 5.79 s
-    without it.)  ``largest``: upper bounds of ``max |ys|`` (per axis or overall), ``max |psis|``
-    and ``max |y_j - y_i|^2`` to use instead of the pool's own."""
+    (The smaller of that and a bounding ball's, $\langle c, \delta \rangle + r |\delta|$ for the
+    vertices' mean c and their largest distance r to it, left the solves as they were and cost a
+    square root per seed: 2D 1e5 uniform 5.91 -> 5.79 s without it.)  ``largest``: upper bounds
+    of ``max |ys|`` (per axis or overall), ``max |psis|`` and ``max |y_j - y_i|^2`` to use
+    instead of the pool's own."""
     delta = ys - y_i
     norm2 = neighbours.squared_norms(delta)
     lo = jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
@@ -353,9 +354,10 @@ def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad
 def _where_open(open_, test, *, chunk: int):
     """``test(positions)`` (booleans, one per position) at the positions where ``open_``, False
     elsewhere: those positions packed into chunks of ``chunk``, a loop over the chunks that hold
-    any (at the optimum of 1e5 uniform seeds in 2D, 17% of the cells).  (A loop, not a ``cond``
-    per chunk: its operands, the polygons and pools of every cell, were copied for each chunk,
-    and the pass took longer than testing every cell.)"""
+    any (at the optimum of 1e5 uniform seeds in 2D, 17% of the cells, with the former bounding
+    ball's bound too).  (A loop, not a ``cond`` per chunk: its operands, the polygons and pools
+    of every cell, were copied for each chunk, and the pass took longer than testing every
+    cell.)"""
     m = open_.shape[0]
     chunks = -(-m // chunk)
     picked = jnp.nonzero(open_, size=chunks * chunk, fill_value=m)[0].reshape(chunks, chunk)
@@ -465,10 +467,10 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     cell in a nearby diagram (Newton's last one), the first round's count where > 0: the cells
     are clipped in batches of similar counts, as a loop runs for the largest count of its batch.
     ``survivors``: `_cut_by_pool`'s.  Without it, against a pool, each cell is first bounded by
-    its bounding box (`_pool_may_cut`), and only the cells it leaves open are tested
-    vertex by vertex (`_where_open`): at the optimum of 1e5 uniform seeds in 2D, 17% of them, a
-    Newton trial diagram 1.13 -> 1.02 s.  (In 3D, 90% of the cells of 1e4 uniform seeds stay
-    open: ``survivors`` prunes seed by seed instead.)
+    its bounding box (`_pool_may_cut`), and only the cells it leaves open are tested vertex by
+    vertex (`_where_open`): at the optimum of 1e5 uniform seeds in 2D, 17% of them (with the
+    former bounding ball's bound too), a Newton trial diagram 1.13 -> 1.02 s.  (In 3D, 90% of
+    the cells of 1e4 uniform seeds stay open: ``survivors`` prunes seed by seed instead.)
     Seeds outside the pool are excluded by ``reach`` or by ``vertex_test(i, vertices, live)``,
     from its vertices (`neighbours.within_pool_bounds` in the first pass); where both fail, by
     ``block_test(i, vertices, live)`` (`neighbours.within_ring_pool`), run after the map on
@@ -520,8 +522,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         if not two_phase:
             cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
             return empty | (far & ~cut & complete), jnp.zeros((), bool), beyond & ~cut
-        maybe = _pool_may_cut(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale,
-                              heaviest)
+        maybe = _pool_may_cut(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale, heaviest)
         return empty | (far & complete & ~maybe), ~empty & far & complete & maybe, beyond
 
     def exact(at, poly):

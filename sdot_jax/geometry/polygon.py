@@ -45,7 +45,8 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
     cuts = (n_in < count) & (n_in > 0)
 
     safe_count = jnp.maximum(count, 1)
-    # out[(idx - 1) % count]: a shift, and one element for idx = 0 (a gather of all V cost more).
+    # out[(idx - 1) % count] on the live slots (all that `start` reads): a shift, and one element
+    # for idx = 0 (a gather of all V slots cost more).
     before = jnp.concatenate([jnp.any(out & (idx == safe_count - 1), keepdims=True), out[:-1]])
     start = jnp.argmax(live & ~out & before)
     order = (start + idx) % safe_count
@@ -61,12 +62,13 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
     entry_point = crossing(0, count - 1)
     # Written through masks, not `.at[].set`: under vmap, a scatter of one element per cell cost
     # more (2D 1e5 uniform solve 6.06 -> 5.91 s).
-    is_exit, is_entry = (idx == n_in)[:, None], (idx == n_in + 1)[:, None]
-    clipped_vertices = jnp.where(idx[:, None] < n_in, rv, 0.0)
-    clipped_vertices = jnp.where(is_exit, exit_point, jnp.where(is_entry, entry_point, clipped_vertices))
-    clipped_planes = jnp.where(idx < n_in, rp, -1)
-    clipped_planes = jnp.where(idx == n_in, jnp.asarray(plane_id, planes.dtype), clipped_planes)
-    clipped_planes = jnp.where(idx == n_in + 1, rp[count - 1], clipped_planes)
+    kept, is_exit, is_entry = idx < n_in, idx == n_in, idx == n_in + 1
+    clipped_vertices = jnp.where(kept[:, None], rv, 0.0)
+    clipped_vertices = jnp.where(is_entry[:, None], entry_point, clipped_vertices)
+    clipped_vertices = jnp.where(is_exit[:, None], exit_point, clipped_vertices)
+    clipped_planes = jnp.where(kept, rp, -1)
+    clipped_planes = jnp.where(is_exit, jnp.asarray(plane_id, planes.dtype), clipped_planes)
+    clipped_planes = jnp.where(is_entry, rp[count - 1], clipped_planes)
 
     new_vertices = jnp.where(cuts, clipped_vertices, vertices)
     new_planes = jnp.where(cuts, clipped_planes, planes)

@@ -100,7 +100,8 @@ def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     def take_lowest(p, state):
         words, out = state
         below = (words & (~words + one)) - one  # the bits below the lowest set one
-        index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n))
+        index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n),
+                        initial=n)
         words = jnp.where(start == (index & ~31), words & (words - one), words)  # (index n: all words are 0)
         return words, out.at[p].set(index)
 

@@ -114,7 +114,7 @@ def build(
         levels.append(Level(rows, cols, weights, diag, agg))
         mc = sizes[l + 1]
         cap = edge_capacity(mc, d, rows.shape[0])
-        rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap, key_dtype(mc, rows.shape[0]))
+        rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap, key_kind(mc, rows.shape[0]))
         overflow = overflow | (count > cap)
         node_rank = jnp.arange(mc, dtype=jnp.int32)  # aggregates are numbered along the curve
     # Coarsest level: dense, gauge fixed by a rank-one term, tiny ridge for isolated nodes.
@@ -129,24 +129,26 @@ def build(
     return Hierarchy(levels, factor, overflow)
 
 
-def key_dtype(m: int, e: int):
+def key_kind(m: int, e: int):
     """How `_contract` sorts e edges between m nodes: ``"packed"`` (one int64 per edge, its key
     ``row * m + col`` shifted left past its position: the sort gives the permutation too), else
-    int32 keys when they fit, else None (sort the pairs).  2D 1e5 at the optimum, 6e5 edges: the
-    first contraction 80 -> 45 ms packed against int32 keys (whose edges then find their key's
-    number by binary search).  Packed needs x64 and ``m * m * 2**bits(e) < 2**63`` (m <= 2.5e5
-    at 2.4e7 edges: 3D 1e6)."""
+    int32 keys, else int64 keys (both then find each edge's key number by binary search), else
+    None (sort the pairs; without x64).  2D 1e5 at the optimum, 6e5 edges: the first contraction
+    58 -> 40 ms packed against int32 keys.  Packed needs x64 and ``(m * m + 1) * 2**bits(e) <
+    2**63`` (3D 1e6: m = 2.5e5 and 2.4e7 edges, where the limit is m < 5.2e5)."""
     x64 = jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64
     if x64 and (m * m + 1) << max(e, 1).bit_length() < 2**63:
         return "packed"
-    return jnp.int32 if m * m < 2**31 - 1 else None
+    if m * m < 2**31 - 1:
+        return jnp.int32
+    return jnp.int64 if x64 else None
 
 
 def _contract(rows, cols, weights, m: int, cap: int, key=None):
     """The edges ``(rows, cols, weights)`` between m nodes with duplicates summed and self-loops
     dropped, sorted by rows and padded to ``cap`` (padding: row m - 1, weight 0); and how many
     distinct edges there are (more than ``cap``: truncated, the caller reports it).  ``key``:
-    see `key_dtype`."""
+    see `key_kind`."""
     keep = (rows != cols) & (weights != 0)
     weights = jnp.where(keep, weights, 0.0)
     if key is not None:
