@@ -196,7 +196,8 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
         poly = _clip_while(poly, normals, offsets, ids, first)
     else:
         poly = _clip_by(poly, normals[:first], offsets[:first], ids[:first])
-    s = poly.vertices @ normals.T - offsets
+    # Products summed axis by axis, fused into the test (see `polygon.clip`).
+    s = sum(poly.vertices[:, None, a] * normals[None, :, a] for a in range(normals.shape[1])) - offsets
     cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0) & (ids >= first)
     pick = first_true(cuts, more)
     # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).

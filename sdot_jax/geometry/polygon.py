@@ -39,7 +39,10 @@ def clip(poly: Polygon, normal: Float[Array, " 2"], offset: Float[Array, ""], pl
     capacity = vertices.shape[0]
     idx = jnp.arange(capacity)
     live = idx < count
-    s = vertices @ normal - offset
+    # Products summed axis by axis: XLA fuses them into what follows, where a matrix-vector
+    # product per cell is a kernel of its own (2D 1e5 solve, with the same in 3D and in
+    # `clip_cell_in_two`: 5.66 -> 5.17 s; 3D 1e4 4.81 -> 4.58 s).
+    s = vertices[:, 0] * normal[0] + vertices[:, 1] * normal[1] - offset
     out = live & (s > 0)
     n_in = count - jnp.sum(out)
     cuts = (n_in < count) & (n_in > 0)

@@ -124,7 +124,7 @@ def clip(poly: Polyhedron, normal: Float[Array, " 3"], offset: Float[Array, ""],
     x, planes, nbrs, valid, overflow = poly
     capacity = x.shape[0]
     m = new_vertex_capacity(capacity)
-    s = x @ normal - offset
+    s = x[:, 0] * normal[0] + x[:, 1] * normal[1] + x[:, 2] * normal[2] - offset  # (fused: see `polygon.clip`)
     # Vertices within rounding of the plane count as on it (kept), so that coincident vertices
     # from degenerate positions fall on the same side.
     reach = jnp.max(jnp.where(valid, jnp.sqrt(jnp.sum(x**2, -1)), 0.0))
