@@ -330,8 +330,7 @@ def _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest=None):
     instead of the pool's own."""
     delta = ys - y_i
     norm2 = neighbours.squared_norms(delta)
-    lo = jnp.min(jnp.where(live[:, None], verts, jnp.inf), 0)
-    hi = jnp.max(jnp.where(live[:, None], verts, -jnp.inf), 0)
+    lo, hi = neighbours.live_box(verts, live)
     support = sum(jnp.maximum(lo[a] * delta[:, a], hi[a] * delta[:, a]) for a in range(verts.shape[1]))
     bound = 2 * support - norm2 - psi_i + psis
     if largest is None:

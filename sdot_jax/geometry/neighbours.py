@@ -254,6 +254,12 @@ def _box_gap(lo_a, hi_a, lo_b, hi_b):
     return jnp.sqrt(_squared_box_gap(lo_a, hi_a, lo_b, hi_b))
 
 
+def live_box(vertices, live):
+    """The bounding box ``(lo, hi)`` of the ``live`` vertices (lo = inf, hi = -inf when none)."""
+    lo = jnp.min(jnp.where(live[:, None], vertices, jnp.inf), 0)
+    return lo, jnp.max(jnp.where(live[:, None], vertices, -jnp.inf), 0)
+
+
 def _squared_box_gap(lo_a, hi_a, lo_b, hi_b):
     return squared_norms(jnp.maximum(0.0, jnp.maximum(lo_b - hi_a, lo_a - hi_b)))
 
@@ -303,8 +309,7 @@ def _blocks_excluded(top, slope, largest, block_lo, block_hi, vertices, live, ow
     budget count as not excluded."""
     if budget >= top.shape[0]:
         return _blocks_excluded_at(top, slope, largest, block_lo, block_hi, vertices, live, own)
-    lo = jnp.min(jnp.where(live[:, None], vertices, jnp.inf), 0)
-    hi = jnp.max(jnp.where(live[:, None], vertices, -jnp.inf), 0)
+    lo, hi = live_box(vertices, live)
     worst = jnp.max(jnp.where(live, own, -jnp.inf))  # own is convex: its maximum is at a vertex
     bound = _lower_bounds(lo, hi, top, slope, largest, block_lo, block_hi)  # (B,)
     boxed = jnp.isneginf(top) | _above(bound, worst, top, slope, vertices)
@@ -489,8 +494,7 @@ def within_pool_bounds(bounds: PoolBounds, grid: Grid, coords, seed, weight, ver
     lo, size = grid.lo.astype(dtype), grid.size.astype(dtype)
     cell = _flat(coords, g)
     own_lo, own_hi = lo + coords * size, lo + (coords + 1) * size
-    v_lo = jnp.min(jnp.where(live[:, None], vertices, jnp.inf), 0)
-    v_hi = jnp.max(jnp.where(live[:, None], vertices, -jnp.inf), 0)
+    v_lo, v_hi = live_box(vertices, live)
     gauge = bounds.gauge[cell].astype(dtype)  # (2, d)
     beyond = jnp.maximum(own_lo - (v_lo - gauge), v_hi - gauge - own_hi)  # (2, d)
     fits = jnp.all(beyond[:, None] <= jnp.asarray(bounds.widen, dtype)[:, None] * size, -1)  # (2, L)

@@ -154,9 +154,10 @@ def _contract(rows, cols, weights, m: int, cap: int, key=None):
     if key is not None:
         # One integer key per edge, sorted alone (~6x faster on CPU than sorting the edges with
         # their weights); dropped edges get the key m * m, which sorts last.
-        wide = jnp.int64 if key == "packed" else key
+        packed_keys = key == "packed"
+        wide = jnp.int64 if packed_keys else key
         code = jnp.where(keep, rows.astype(wide) * m + cols, m * m)
-        if key == "packed":
+        if packed_keys:
             bits = max(rows.shape[0], 1).bit_length()
             packed = jnp.sort((code << bits) | jnp.arange(rows.shape[0], dtype=wide))
             order, weights = packed >> bits, weights[(packed & ((1 << bits) - 1)).astype(jnp.int32)]
@@ -164,10 +165,10 @@ def _contract(rows, cols, weights, m: int, cap: int, key=None):
             order = jnp.sort(code)
         new = jnp.concatenate([jnp.array([True]), order[1:] != order[:-1]])
         seg = jnp.cumsum(new, dtype=jnp.int32) - 1
-        if key == "packed":
-            summed = jax.ops.segment_sum(weights, seg, cap, indices_are_sorted=True)
-        else:  # each edge finds its distinct key's number by binary search
-            summed = jax.ops.segment_sum(weights, seg[jnp.searchsorted(order, code)], cap)
+        # Packed, the weights follow the sorted keys; else each edge finds its key's number by
+        # binary search.
+        summed = jax.ops.segment_sum(weights, seg if packed_keys else seg[jnp.searchsorted(order, code)], cap,
+                                     indices_are_sorted=packed_keys)
         first = jax.ops.segment_min(order, seg, cap, indices_are_sorted=True)
         count = jnp.sum(new & (order < m * m))
         first_r, first_c = first // m, first % m
