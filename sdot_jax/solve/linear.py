@@ -175,18 +175,24 @@ def pcg(mv, precond, b, rtol, max_steps: int):
 
 def preconditioner(lap: "CompactLaplacian", order: Int[Array, " n"], d: int):
     """The multigrid V-cycle as a function (no gradient flows through it), Jacobi when the
-    hierarchy overflowed its static sizes."""
+    hierarchy or the compact list overflowed their static sizes."""
     lap = jax.lax.stop_gradient(lap)
     h = multigrid.build(lap.rows, lap.cols, lap.weights, order, d)
-    scale = jnp.maximum(jnp.mean(lap.diag), jnp.finfo(lap.diag.dtype).tiny)
-    inv_diag = 1.0 / jnp.maximum(lap.diag, 1e-12 * scale)
-    fallback = h.overflow | lap.overflow
+    jacobi = _jacobi(lap.diag)
 
     def apply(r):
         r = jax.lax.stop_gradient(r)
-        return jax.lax.cond(fallback, lambda r: inv_diag * r, lambda r: multigrid.v_cycle(h, r), r)
+        return jax.lax.cond(h.overflow | lap.overflow, jacobi, lambda r: multigrid.v_cycle(h, r), r)
 
     return apply
+
+
+def _jacobi(diag: Float[Array, " n"]):
+    """The diagonal preconditioner (no gradient flows through it), with a floor on tiny entries."""
+    diag = jax.lax.stop_gradient(diag)
+    scale = jnp.maximum(jnp.mean(diag), jnp.finfo(diag.dtype).tiny)
+    inv_diag = 1.0 / jnp.maximum(diag, 1e-12 * scale)
+    return lambda r: inv_diag * jax.lax.stop_gradient(r)
 
 
 def preconditioner_operator(lap: CompactLaplacian, order, d: int) -> lx.AbstractLinearOperator:
@@ -236,16 +242,26 @@ def solve_with_info(lap: Laplacian, rhs, rtol=1e-8, *, method: str = "auto"):
         return x, SolveInfo(ok, jnp.array(0))
     d = lap.dim
     comp = compact(lap, d)
+    jacobi_steps = 20 * n + 100
     if method == "jacobi":
-        inv_diag = jax.lax.stop_gradient(1.0 / jnp.maximum(deg, 1e-12 * scale))
-        precond = lambda r: inv_diag * r
-        max_steps = 20 * n + 100
+        x, steps, ok = pcg(comp.mv, _jacobi(comp.diag), rhs, rtol, jacobi_steps)
     elif method == "multigrid":
         if lap.order is None:
             raise ValueError("method='multigrid' needs the Laplacian's `order` (build it with `laplacian`).")
-        precond = preconditioner(comp, lap.order, d)
-        max_steps = 2000
+        h = multigrid.build(*jax.lax.stop_gradient((comp.rows, comp.cols, comp.weights)), lap.order, d)
+
+        def with_multigrid(rhs):
+            stopped = jax.lax.stop_gradient(h)
+            return pcg(lambda x: multigrid.coo_mv(comp.rows, comp.cols, comp.weights, comp.diag, x),
+                       lambda r: multigrid.v_cycle(stopped, jax.lax.stop_gradient(r)), rhs, rtol, 2000)
+
+        def with_jacobi(rhs):  # (an overflowed list: the padded operator, and its diagonal)
+            return pcg(lap.mv, _jacobi(comp.diag), rhs, rtol, jacobi_steps)
+
+        # One `cond` per solve, not one per CG step in the operator and the preconditioner: each
+        # copied its operands, the lists and the hierarchy (2D 1e5 uniform solve: 184 ms of 83 CG
+        # steps).
+        x, steps, ok = jax.lax.cond(h.overflow | comp.overflow, with_jacobi, with_multigrid, rhs)
     else:
         raise ValueError(f"unknown linear solve method {method!r}.")
-    x, steps, ok = pcg(comp.mv, precond, rhs, rtol, max_steps)
     return x - jnp.mean(x), SolveInfo(ok, steps)
