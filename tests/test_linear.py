@@ -175,3 +175,49 @@ def test_compact_list_is_the_nonzero_entries_in_row_order(problem, monkeypatch, 
     np.testing.assert_array_equal(np.asarray(comp.cols)[:kept], idx[rows, slots][:kept])
     np.testing.assert_array_equal(np.asarray(comp.weights)[:kept], w[rows, slots][:kept])
     assert np.all(np.asarray(comp.rows)[kept:] == N - 1) and np.all(np.asarray(comp.weights)[kept:] == 0)
+
+
+@pytest.mark.parametrize("width, tail", [(3, 2000), (10, 138), (10, 137), (1, 3000)])
+def test_rows_of_fixed_width_give_the_product_of_the_list(width, tail):
+    """`multigrid.as_rows`: the first ``width`` entries of each row, the rest in the tail, give
+    W x as scipy's sparse product of the same COO list (rows of 0 to 12 entries, some past the
+    width; padding with weight 0 last); the tail's overflow is reported when it lacks room."""
+    rng = np.random.default_rng(4)
+    m = 500
+    count = rng.integers(0, 13, m)
+    rows = np.repeat(np.arange(m), count)
+    cols = rng.integers(0, m, rows.size)
+    w = rng.random(rows.size)
+    pad = 7
+    args = (jnp.asarray(np.concatenate([rows, np.full(pad, m - 1)]), jnp.int32),
+            jnp.asarray(np.concatenate([cols, np.zeros(pad, int)]), jnp.int32),
+            jnp.asarray(np.concatenate([w, np.zeros(pad)])))
+    packed, overflow = multigrid.as_rows(*args, m, width, tail)
+    beyond = int(np.sum(np.maximum(count - width, 0)))
+    assert bool(overflow) == (beyond > tail)
+    x = rng.standard_normal(m)
+    reference = sp.coo_matrix((w, (rows, cols)), shape=(m, m)).tocsr() @ x
+    got = np.asarray(packed.product(jnp.asarray(x)))
+    if beyond <= tail:
+        np.testing.assert_allclose(got, reference, rtol=1e-12, atol=1e-12)
+    else:  # the entries that fit are right, the others are missing
+        assert not np.allclose(got, reference)
+
+
+def test_an_overflowed_row_tail_falls_back_to_jacobi(problem, monkeypatch):
+    """With no room past the rows' width, the hierarchy says it overflowed, and the solve
+    (Jacobi-CG on the padded operator) still matches scipy; with room, multigrid needs far fewer
+    steps."""
+    lap, L, rhs = problem
+    solve = lambda: jax.jit(lambda lap, b: linear.solve_with_info(lap, b, 1e-10, method="multigrid"))(  # noqa: E731
+        lap, jnp.asarray(rhs))
+    x, info = solve()
+    multigrid_steps = int(info.steps)
+    monkeypatch.setattr(multigrid, "tail_capacity", lambda m: 1)
+    monkeypatch.setattr(multigrid, "row_width", lambda d: 3)
+    comp = linear.compact(lap, 2)
+    assert bool(multigrid.build(comp.rows, comp.cols, comp.weights, lap.order, 2).overflow)
+    x, info = solve()
+    assert bool(info.ok) and int(info.steps) > 4 * multigrid_steps
+    ref = _reference(L, rhs)
+    np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())

@@ -248,12 +248,12 @@ def solve_with_info(lap: Laplacian, rhs, rtol=1e-8, *, method: str = "auto"):
     elif method == "multigrid":
         if lap.order is None:
             raise ValueError("method='multigrid' needs the Laplacian's `order` (build it with `laplacian`).")
-        h = multigrid.build(*jax.lax.stop_gradient((comp.rows, comp.cols, comp.weights)), lap.order, d)
+        h = multigrid.build(comp.rows, comp.cols, comp.weights, lap.order, d)
 
-        def with_multigrid(rhs):
+        def with_multigrid(rhs):  # (the operator: the finest level's, the same as `comp.mv`)
             stopped = jax.lax.stop_gradient(h)
-            return pcg(lambda x: multigrid.coo_mv(comp.rows, comp.cols, comp.weights, comp.diag, x),
-                       lambda r: multigrid.v_cycle(stopped, jax.lax.stop_gradient(r)), rhs, rtol, 2000)
+            return pcg(h.levels[0].mv, lambda r: multigrid.v_cycle(stopped, jax.lax.stop_gradient(r)), rhs, rtol,
+                       2000)
 
         def with_jacobi(rhs):  # (an overflowed list: the padded operator, and its diagonal)
             return pcg(lap.mv, _jacobi(comp.diag), rhs, rtol, jacobi_steps)
