@@ -34,7 +34,7 @@ from jaxtyping import Array, Bool, Float, Int
 from . import batches, neighbours
 from .gauge import axis_gauge
 from .kernels import kernel_for
-from .polyhedron import first_true
+from .polyhedron import first_true, packed_flags, pop_lowest
 
 
 @eqx.filter_jit  # (one program: its operations one by one compiled ~15 each on a first call)
@@ -199,13 +199,13 @@ def clip_cell_in_two(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int, 
     # Products summed axis by axis, fused into the test (see `polygon.clip`).
     s = sum(poly.vertices[:, None, a] * normals[None, :, a] for a in range(normals.shape[1])) - offsets
     cuts = jnp.any(kernel.live_mask(poly)[:, None] & (s > 0), 0) & (ids >= first)
-    pick = first_true(cuts, more)
-    # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
-    normals = jnp.concatenate([normals, jnp.zeros_like(normals[:1])])[pick]
-    offsets = jnp.concatenate([offsets, jnp.ones_like(offsets[:1])])[pick]
     if loop:
-        poly = _clip_while(poly, normals, offsets, pick, jnp.minimum(jnp.sum(cuts), more))
+        poly = _clip_flagged(poly, normals, offsets, cuts, jnp.minimum(jnp.sum(cuts), more))
     else:
+        pick = first_true(cuts, more)
+        # Padding: the plane 0 . x <= 1, which cuts nothing (so its id, k, is never recorded).
+        normals = jnp.concatenate([normals, jnp.zeros_like(normals[:1])])[pick]
+        offsets = jnp.concatenate([offsets, jnp.ones_like(offsets[:1])])[pick]
         poly = _clip_by(poly, normals, offsets, pick)
     return poly, jnp.sum(cuts) <= more
 
@@ -219,6 +219,24 @@ def _clip_while(poly, normals, offsets, ids, count):
         return t + 1, clip(poly, normals[t], offsets[t], ids[t])
 
     return jax.lax.while_loop(lambda state: state[0] < count, clip_next, (jnp.int32(0), poly))[1]
+
+
+def _clip_flagged(poly, normals, offsets, flags, count):
+    """`_clip_by` the first ``count`` planes of those ``flags`` marks (plane ids: their positions),
+    in a ``while_loop`` that takes the next flag as it goes.  (Listing them first with
+    `first_true` took ``k`` steps, all 32 in 2D where 0-2 planes cut most cells: Newton's trial
+    diagram at the optimum of 1e5 uniform seeds in 2D, medians of 15, 562 -> 558 and 590 -> 563
+    ms; no change in 3D.)"""
+    clip = kernel_for(normals.shape[1]).clip
+    k = flags.shape[0]
+
+    def clip_next(state):
+        t, words, poly = state
+        at, words = pop_lowest(words, k)
+        at = jnp.minimum(at, k - 1)  # (only past the last flag, for cells done under vmap)
+        return t + 1, words, clip(poly, normals[at], offsets[at], at)
+
+    return jax.lax.while_loop(lambda state: state[0] < count, clip_next, (jnp.int32(0), packed_flags(flags), poly))[2]
 
 
 def _bisectors(y_i, psi_i, index, y_pad, psi_pad):

@@ -82,6 +82,24 @@ def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array
     return at(0, at(1, at(2, 0))).astype(jnp.int32)
 
 
+def packed_flags(flags: Bool[Array, " N"]) -> Int[Array, " W"]:
+    """``flags`` as 32-bit words, flag i in bit i % 32 of word i // 32 (see `pop_lowest`)."""
+    n = flags.shape[0]
+    words_n = -(-n // 32)
+    bits = jnp.concatenate([flags, jnp.zeros((words_n * 32 - n,), bool)]).reshape(words_n, 32)
+    return jnp.sum(bits.astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32), 1, dtype=jnp.uint32)
+
+
+def pop_lowest(words: Int[Array, " W"], n: int) -> tuple[Int[Array, ""], Int[Array, " W"]]:
+    """The index of the first flag set in ``words`` (`packed_flags` of n flags; n when none is),
+    and the words with that flag cleared."""
+    start = jnp.arange(words.shape[0], dtype=jnp.int32) * 32  # index of each word's bit 0
+    one = jnp.uint32(1)
+    below = (words & (~words + one)) - one  # the bits below the lowest set one
+    index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n), initial=n)
+    return index, jnp.where(start == (index & ~31), words & (words - one), words)  # (index n: all words are 0)
+
+
 def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``.
 
@@ -89,21 +107,13 @@ def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     nonzero word, then clears it: no scatter, which under vmap was 5-6x slower (1024 cells: 120
     flags to 13 indices 590 -> 115 us, 48 to 12 220 -> 57 us; 1100 to 64 4.8 -> 2.6 ms)."""
     n = flags.shape[0]
-    words_n = -(-n // 32)
-    bits = jnp.concatenate([flags, jnp.zeros((words_n * 32 - n,), bool)]).reshape(words_n, 32)
-    words = jnp.sum(bits.astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32), 1, dtype=jnp.uint32)
-    start = jnp.arange(words_n, dtype=jnp.int32) * 32  # index of each word's bit 0
-    one = jnp.uint32(1)
 
     def take_lowest(p, state):
         words, out = state
-        below = (words & (~words + one)) - one  # the bits below the lowest set one
-        index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n),
-                        initial=n)
-        words = jnp.where(start == (index & ~31), words & (words - one), words)  # (index n: all words are 0)
+        index, words = pop_lowest(words, n)
         return words, out.at[p].set(index)
 
-    return jax.lax.fori_loop(0, size, take_lowest, (words, jnp.full((size,), n, jnp.int32)))[1]
+    return jax.lax.fori_loop(0, size, take_lowest, (packed_flags(flags), jnp.full((size,), n, jnp.int32)))[1]
 
 
 #: Bins of `clip`'s table that pairs the new vertices on each facet (plane ids modulo it).
