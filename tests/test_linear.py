@@ -221,3 +221,35 @@ def test_an_overflowed_row_tail_falls_back_to_jacobi(problem, monkeypatch):
     assert bool(info.ok) and int(info.steps) > 4 * multigrid_steps
     ref = _reference(L, rhs)
     np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+
+
+def test_coarse_levels_kept_from_another_laplacian_still_precondition(problem):
+    """`solve_with_info(..., coarse=, keep_coarse=True)` (Newton after its first step): the
+    Laplacian of the power diagram at random weights, preconditioned with the finest level its
+    own and the coarse levels of the zero-weight diagram's hierarchy, still matches scipy, in
+    at most 1.5x the CG steps of its own hierarchy (+2)."""
+    lap0, _, rhs = problem
+    y = jnp.asarray(np.random.default_rng(0).random((N, 2)))  # the fixture's seeds
+    caps = Capacities.default(N, 2)
+    # Weights that move every cell (random ones as small as the cells empty the smallest).
+    psi = 0.5 * jnp.sum((y - jnp.array([0.3, 0.6])) ** 2, -1) + 0.002 * jnp.sin(9 * y[:, 0])
+    diagram = jax.jit(lambda y, p: power_diagram(y, p, Box().with_dim(2), caps))(y, psi)
+    assert bool(diagram.certified.all()) and float(jnp.min(diagram.mass)) > 0
+    lap = jax.jit(linear.laplacian)(diagram.facet_mass, diagram.candidates, y, 1.0)
+    w, idx = np.asarray(lap.weights), np.asarray(lap.index)
+    ok = idx < N
+    W = sp.coo_matrix((w[ok], (np.nonzero(ok)[0], idx[ok])), shape=(N, N)).tocsr()
+    W = 0.5 * (W + W.T)
+    L = (sp.diags(np.asarray(W.sum(1)).ravel()) - W).tocsc()
+    solve = jax.jit(lambda lap, b, coarse, keep: linear.solve_with_info(lap, b, 1e-10, method="multigrid",
+                                                                         coarse=coarse, keep_coarse=keep))
+    _, info0 = solve(lap0, jnp.asarray(rhs), None, False)
+    own = int(solve(lap, jnp.asarray(rhs), None, False)[1].steps)
+    x, info = solve(lap, jnp.asarray(rhs), info0.hierarchy, True)
+    assert bool(info.ok) and int(info.steps) <= 1.5 * own + 2, (int(info.steps), own)
+    # The hierarchy used kept the zero-weight one's coarse levels and has its own finest level.
+    kept, first = info.hierarchy, info0.hierarchy
+    np.testing.assert_array_equal(np.asarray(kept.levels[1].weights), np.asarray(first.levels[1].weights))
+    assert not np.array_equal(np.asarray(kept.levels[0].diag), np.asarray(first.levels[0].diag))
+    ref = _reference(L, rhs)
+    np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())

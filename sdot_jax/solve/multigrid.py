@@ -134,7 +134,8 @@ class Level(eqx.Module):
 class Hierarchy(eqx.Module):
     levels: list[Level]
     coarse_factor: Float[Array, "c c"]  # Cholesky factor at the coarsest level
-    overflow: Bool[Array, ""]
+    overflow: Bool[Array, ""]  # some level does not fit its static sizes: do not use it
+    coarse_overflow: Bool[Array, ""]  # the coarse levels' part of it
 
 
 def coo_mv(rows, cols, weights, diag, x):
@@ -161,32 +162,43 @@ def build(
     weights: Float[Array, " e"],
     order: Int[Array, " n"],
     d: int,
+    coarse: Hierarchy | None = None,
 ) -> Hierarchy:
     """Aggregation hierarchy from a COO Laplacian (``rows, cols, weights``: each unordered edge
     stored in both directions, with weights equal up to rounding, sorted by rows; padding entries
-    have weight 0).  Every level's list is sorted by rows too."""
+    have weight 0).  Every level's list is sorted by rows too.
+
+    ``coarse``: a hierarchy built the same way from another Laplacian on the same seeds (an
+    earlier Newton step's), whose coarse levels are kept: only the finest level is new.  The
+    cycle then smooths the new operator and corrects with the old coarse ones, still a
+    symmetric positive semi-definite preconditioner.  CG steps to 1e-2 / 1e-6 on the Laplacians
+    of a 2D 1e5 uniform solve halfway and at its optimum, with the coarse levels of its start:
+    13 / 42 and 17 / 45, against 13 / 42 and 16 / 43 with their own (the old finest level too: 33
+    / 82)."""
     n = order.shape[0]
     sizes = level_sizes(n)
     rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     dtype = weights.dtype
     levels = []
-    overflow = jnp.array(False)
+    fine_overflow = coarse_overflow = jnp.array(False)
     node_rank = rank  # position of each node of the current level along the curve
     for l, m in enumerate(sizes):
         diag = jax.ops.segment_sum(weights, rows, m, indices_are_sorted=True)  # (every level is sorted by rows)
         packed = None
         if l == 0:
-            packed, tail_overflow = as_rows(rows, cols, weights, m, row_width(d), tail_capacity(m))
-            overflow = overflow | tail_overflow
+            packed, fine_overflow = as_rows(rows, cols, weights, m, row_width(d), tail_capacity(m))
         if l + 1 == len(sizes):
             levels.append(Level(rows, cols, weights, diag, jnp.zeros((m,), jnp.int32), packed))
             break
         agg = node_rank // RATIO
         levels.append(Level(rows, cols, weights, diag, agg, packed))
+        if coarse is not None:
+            return Hierarchy(levels + coarse.levels[1:], coarse.coarse_factor, fine_overflow | coarse.coarse_overflow,
+                             coarse.coarse_overflow)
         mc = sizes[l + 1]
         cap = edge_capacity(mc, d, rows.shape[0])
         rows, cols, weights, count = _contract(agg[rows], agg[cols], weights, mc, cap, key_kind(mc, rows.shape[0]))
-        overflow = overflow | (count > cap)
+        coarse_overflow = coarse_overflow | (count > cap)
         node_rank = jnp.arange(mc, dtype=jnp.int32)  # aggregates are numbered along the curve
     # Coarsest level: dense, gauge fixed by a rank-one term, tiny ridge for isolated nodes.
     last = levels[-1]
@@ -196,8 +208,8 @@ def build(
     scale = jnp.maximum(jnp.mean(last.diag), jnp.finfo(dtype).tiny)
     dense = dense + scale / m + 1e-10 * scale * jnp.eye(m, dtype=dtype)
     factor = jnp.linalg.cholesky(dense)
-    overflow = overflow | ~jnp.all(jnp.isfinite(factor))
-    return Hierarchy(levels, factor, overflow)
+    coarse_overflow = coarse_overflow | ~jnp.all(jnp.isfinite(factor))
+    return Hierarchy(levels, factor, fine_overflow | coarse_overflow, coarse_overflow)
 
 
 def key_kind(m: int, e: int):

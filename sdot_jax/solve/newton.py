@@ -92,6 +92,7 @@ class _State(eqx.Module):
     fallback_short: Bool[Array, ""]
     window_short: Bool[Array, ""]
     smoothed: Bool[Array, ""]  # the direction came from the smoothed density's Laplacian
+    coarse: multigrid.Hierarchy | None  # the multigrid's coarse levels, built at the first direction
 
 
 SMOOTHED_HESSIAN_UNTIL = 1e-2  # rms relative mass error below which the true Hessian is used
@@ -217,6 +218,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
         fallback_short=jnp.array(False),
         window_short=jnp.array(False),
         smoothed=jnp.array(False),
+        coarse=None if order is None else linear.empty_hierarchy(n, k, d, dtype),
     )
 
     def body(s: _State) -> _State:
@@ -271,8 +273,8 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
             smooth = accepted & (jnp.linalg.norm(m_t - a) > SMOOTHED_HESSIAN_UNTIL * jnp.linalg.norm(a))
             facets = cond_any(renew & smooth, _smoothed_facets, _unchanged, facets, y, base_psi,
                               hessian_density, capacities)
-        direction, info = cond_any(renew, _direction, _keep_direction, s.direction, y, a, base_mass,
-                                   *facets, base_err, tol, order, smooth)
+        direction, info = cond_any(renew, _direction, _keep_direction, (s.direction, s.coarse), y, a, base_mass,
+                                   *facets, base_err, tol, order, smooth, ~initial)
         solve_failed = renew & ~info.ok
         status = _first(
             (gave_up & (failed | initial), Status.capacity),
@@ -311,6 +313,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
             fallback_short=jnp.where(accepted, False, s.fallback_short | short),
             window_short=jnp.where(accepted, False, s.window_short | window_short),
             smoothed=jnp.where(renew, smooth, s.smoothed),
+            coarse=info.hierarchy,
         )
 
     final = jax.lax.while_loop(lambda s: ~s.done, body, state)
@@ -352,17 +355,20 @@ def _unchanged(first, *_):
     return first
 
 
-def _direction(_, y, a, mass, facet_mass, candidates, total, err, tol, order, smoothed):
+def _direction(old, y, a, mass, facet_mass, candidates, total, err, tol, order, smoothed, keep_coarse):
     """The Newton direction: solve L delta = r (`_mass_defect`), or L_s delta = a - m with the
-    ``smoothed`` density's facets (the first operand, the old direction, is `_keep_direction`'s).
-    (L_s is not Dm, so the reason for `_mass_defect` does not hold there: 2e3 Diracs on the
-    90:1 image with continuation, its last stage took 44 diagrams with r, 30 with a - m.)"""
+    ``smoothed`` density's facets (the first operand, the old direction and multigrid hierarchy,
+    is `_keep_direction`'s; its coarse levels are kept where ``keep_coarse``: after the first
+    direction, see `linear.solve_with_info`).  (L_s is not Dm, so the reason for `_mass_defect`
+    does not hold there: 2e3 Diracs on the 90:1 image with continuation, its last stage took 44
+    diagrams with r, 30 with a - m.)"""
     lap = linear.laplacian(facet_mass, candidates, y, total, order)
     # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic;
     # near the end, 0.1 x tol / err is enough to land below tol (the linear part of the next
     # error is ~ rtol x err), and saves the tightest solves (2D 1e6: 102 CG steps at err 7.5e-5).
     rtol = jnp.clip(jnp.maximum(0.1 * err, 0.1 * tol / err), 1e-13, 1e-2).astype(a.dtype)
-    return linear.solve_with_info(lap, jnp.where(smoothed, a - mass, _mass_defect(a, mass, y.shape[1])), rtol)
+    rhs = jnp.where(smoothed, a - mass, _mass_defect(a, mass, y.shape[1]))
+    return linear.solve_with_info(lap, rhs, rtol, coarse=old[1], keep_coarse=keep_coarse)
 
 
 def _mass_defect(a, mass, d: int):
@@ -395,7 +401,8 @@ def _mass_defect(a, mass, d: int):
 
 
 def _keep_direction(old, *_):
-    return old, linear.SolveInfo(jnp.array(True), jnp.array(0))
+    direction, hierarchy = old
+    return direction, linear.SolveInfo(jnp.array(True), jnp.array(0), hierarchy)
 
 
 def _first(*cases, default: Status) -> Status:
