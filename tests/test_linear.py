@@ -224,10 +224,11 @@ def test_an_overflowed_row_tail_falls_back_to_jacobi(problem, monkeypatch):
 
 
 def test_coarse_levels_kept_from_another_laplacian_still_precondition(problem):
-    """`solve_with_info(..., coarse=, keep_coarse=True)` (Newton after its first step): the
-    Laplacian of the power diagram at random weights, preconditioned with the finest level its
-    own and the coarse levels of the zero-weight diagram's hierarchy, still matches scipy, in
-    at most 1.5x the CG steps of its own hierarchy (+2)."""
+    """`solve_with_info(..., coarse=)` (Newton after its first step): the Laplacian of the power
+    diagram at other weights, preconditioned with its own finest level and the coarse levels of
+    the zero-weight diagram's solve, still matches scipy, in at most 1.5x the CG steps of its own
+    hierarchy (+2).  Coarse levels are rebuilt when ``keep_coarse`` is False or they are flagged
+    overflowed (`linear.empty_coarse`, Newton's placeholder)."""
     lap0, _, rhs = problem
     y = jnp.asarray(np.random.default_rng(0).random((N, 2)))  # the fixture's seeds
     caps = Capacities.default(N, 2)
@@ -243,13 +244,17 @@ def test_coarse_levels_kept_from_another_laplacian_still_precondition(problem):
     L = (sp.diags(np.asarray(W.sum(1)).ravel()) - W).tocsc()
     solve = jax.jit(lambda lap, b, coarse, keep: linear.solve_with_info(lap, b, 1e-10, method="multigrid",
                                                                          coarse=coarse, keep_coarse=keep))
-    _, info0 = solve(lap0, jnp.asarray(rhs), None, False)
-    own = int(solve(lap, jnp.asarray(rhs), None, False)[1].steps)
-    x, info = solve(lap, jnp.asarray(rhs), info0.hierarchy, True)
-    assert bool(info.ok) and int(info.steps) <= 1.5 * own + 2, (int(info.steps), own)
-    # The hierarchy used kept the zero-weight one's coarse levels and has its own finest level.
-    kept, first = info.hierarchy, info0.hierarchy
-    np.testing.assert_array_equal(np.asarray(kept.levels[1].weights), np.asarray(first.levels[1].weights))
-    assert not np.array_equal(np.asarray(kept.levels[0].diag), np.asarray(first.levels[0].diag))
+    b = jnp.asarray(rhs)
+    first = solve(lap0, b, None, True)[1].coarse
+    _, own = solve(lap, b, None, True)
+    x, kept = solve(lap, b, first, True)
+    assert bool(kept.ok) and int(kept.steps) <= 1.5 * int(own.steps) + 2, (int(kept.steps), int(own.steps))
     ref = _reference(L, rhs)
     np.testing.assert_allclose(np.asarray(x), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+    level = lambda info: np.asarray(info.coarse.levels[1].weights)  # noqa: E731
+    np.testing.assert_array_equal(level(kept), np.asarray(first.levels[1].weights))
+    assert not np.array_equal(level(own), np.asarray(first.levels[1].weights))
+    for coarse, keep in ((first, False), (linear.empty_coarse(N, lap.index.shape[1], 2, jnp.float64), True)):
+        x, info = solve(lap, b, coarse, keep)
+        np.testing.assert_array_equal(level(info), level(own))
+        assert int(info.steps) == int(own.steps)

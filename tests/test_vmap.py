@@ -141,3 +141,16 @@ def test_batched_branch_runs_only_for_the_problems_concerned(concerned, branch):
     np.testing.assert_array_equal(np.asarray(got), want)
     assert len(runs) == 3 * -(-concerned // 3)
     assert set(runs) == set(xs[taken, 0])  # the concerned problems only
+
+
+def test_vmapped_batch_beyond_the_dense_limit_equals_one_by_one():
+    """Two problems of 2500 Diracs (multigrid-CG, whose coarse levels Newton keeps across its
+    steps, built once per problem): the vmapped solve equals the one-by-one solves."""
+    n = 2500
+    rng = np.random.default_rng(12)
+    y = jnp.asarray(rng.random((2, n, 2)))
+    caps = Capacities.default(n, 2)
+    solve = lambda y: optimal_transport_plan(SumOfDiracs(y), Box(), capacities=caps, tol=1e-9).weights  # noqa: E731
+    weights = jax.jit(jax.vmap(solve))(y)
+    for b in range(2):
+        np.testing.assert_allclose(np.asarray(weights[b]), np.asarray(jax.jit(solve)(y[b])), atol=1e-10)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Bool, Float, Int
 
+from .._batching import cond_any
 from . import multigrid
 
 
@@ -115,7 +116,7 @@ def compact(lap: Laplacian, d: int) -> CompactLaplacian:
     constants stay exactly in the kernel."""
     n, k = lap.weights.shape
     ok = (lap.index < n) & (lap.weights != 0)
-    cap = min(compact_capacity(n, k, d), n * k)
+    cap = _capacity(n, k, d)
     # Entry (i, j) goes to (entries of the rows before i) + (entries before it in row i): prefix
     # sums over the n rows and along each row's k, not one over all n k entries as `jnp.nonzero`
     # does (an int64 cumsum 48M long at 3D 1e6; the whole compaction there: compile 5.0 -> 2.4 s,
@@ -136,17 +137,21 @@ def compact(lap: Laplacian, d: int) -> CompactLaplacian:
 class SolveInfo(eqx.Module):
     ok: Bool[Array, ""]
     steps: Int[Array, ""]
-    hierarchy: multigrid.Hierarchy | None = None  # the multigrid solve's (see `solve_with_info`'s ``coarse``)
+    coarse: multigrid.Hierarchy | None = None  # the multigrid's coarse levels (`solve_with_info`)
 
 
-def empty_hierarchy(n: int, k: int, d: int, dtype) -> multigrid.Hierarchy:
-    """A hierarchy of zeros with the shapes `solve_with_info` builds for n cells of k candidates
-    (a placeholder for its ``coarse`` before the first solve)."""
-    cap = min(compact_capacity(n, k, d), n * k)
-    index = jax.ShapeDtypeStruct((cap,), jnp.int32)
-    shapes = jax.eval_shape(lambda r, c, w, o: multigrid.build(r, c, w, o, d), index, index,
-                            jax.ShapeDtypeStruct((cap,), dtype), jax.ShapeDtypeStruct((n,), jnp.int32))
-    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+def _capacity(n: int, k: int, d: int) -> int:
+    return min(compact_capacity(n, k, d), n * k)
+
+
+def empty_coarse(n: int, k: int, d: int, dtype) -> multigrid.Hierarchy:
+    """`SolveInfo.coarse` for n cells of k candidates, as zeros (flagged overflowed: not to be
+    kept), a placeholder before the first solve."""
+    index = jax.ShapeDtypeStruct((_capacity(n, k, d),), jnp.int32)
+    shapes = jax.eval_shape(lambda r, c, w, o: multigrid.build(r, c, w, o, d).coarse_part(), index, index,
+                            jax.ShapeDtypeStruct(index.shape, dtype), jax.ShapeDtypeStruct((n,), jnp.int32))
+    empty = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    return eqx.tree_at(lambda h: h.coarse_overflow, empty, jnp.array(True))
 
 
 def pcg(mv, precond, b, rtol, max_steps: int):
@@ -234,19 +239,22 @@ def solve(
 
 
 def solve_with_info(lap: Laplacian, rhs, rtol=1e-8, *, method: str = "auto",
-                    coarse: multigrid.Hierarchy | None = None, keep_coarse: Bool[Array, ""] | bool = False):
-    """As `solve`, returning ``(x, SolveInfo(ok, steps, hierarchy))`` (steps: CG iterations, 0
-    if dense; the multigrid's hierarchy, else None).  ``coarse``: the hierarchy of an earlier
-    multigrid solve on the same seeds, whose coarse levels are kept where ``keep_coarse`` (which
-    may be traced; see `multigrid.build`): Newton builds them once per solve (2D 1e5 uniform
-    solve, best of 3: 5.46 -> 5.07 s, 83 -> 90 CG steps)."""
+                    coarse: multigrid.Hierarchy | None = None, keep_coarse: Bool[Array, ""] | bool = True):
+    """As `solve`, returning ``(x, SolveInfo(ok, steps, coarse))`` (steps: CG iterations, 0 if
+    dense; the multigrid's coarse levels, else None).  ``coarse``: an earlier multigrid solve's
+    `SolveInfo.coarse` on the same seeds, kept where ``keep_coarse`` (which may be traced) and
+    not flagged overflowed (see `multigrid.build`): Newton builds them once per solve (2D 1e5
+    uniform solve, best of 3: 5.46 -> 5.07 s, 83 -> 90 CG steps).
+
+    The multigrid path falls back to Jacobi-CG (at most 2000 steps, as multigrid-CG) when the
+    compact list or the hierarchy overflowed; under vmap, only for the problems concerned."""
     n = lap.size
     rhs = rhs - jnp.mean(rhs)
-    deg = lap.degree()
-    scale = jnp.maximum(jnp.mean(deg), jnp.finfo(rhs.dtype).tiny)
     if method == "auto":
         method = "dense" if n <= DENSE_LIMIT else "multigrid"
     if method == "dense":
+        deg = lap.degree()
+        scale = jnp.maximum(jnp.mean(deg), jnp.finfo(rhs.dtype).tiny)
         # Rank-one term fixes the gauge; a relative 1e-12 shift keeps isolated cells (no facet
         # with positive density) from making the factorisation fail.
         matrix = lap.dense() + scale / n + 1e-12 * scale * jnp.eye(n, dtype=rhs.dtype)
@@ -258,32 +266,35 @@ def solve_with_info(lap: Laplacian, rhs, rtol=1e-8, *, method: str = "auto",
         return x, SolveInfo(ok, jnp.array(0))
     d = lap.dim
     comp = compact(lap, d)
-    jacobi_steps = 20 * n + 100
     if method == "jacobi":
-        x, steps, ok = pcg(comp.mv, _jacobi(comp.diag), rhs, rtol, jacobi_steps)
-    elif method == "multigrid":
-        if lap.order is None:
-            raise ValueError("method='multigrid' needs the Laplacian's `order` (build it with `laplacian`).")
-        lists = comp.rows, comp.cols, comp.weights, lap.order, d
-        if coarse is None:
-            h = multigrid.build(*lists)
-        else:
-            h = jax.lax.cond(keep_coarse, lambda c: multigrid.build(*lists, coarse=c), lambda c: multigrid.build(*lists),
-                             jax.lax.stop_gradient(coarse))
-
-        def with_multigrid(rhs):  # (the operator: the finest level's, the same as `comp.mv`)
-            stopped = jax.lax.stop_gradient(h)
-            return pcg(h.levels[0].mv, lambda r: multigrid.v_cycle(stopped, jax.lax.stop_gradient(r)), rhs, rtol,
-                       2000)
-
-        def with_jacobi(rhs):  # (an overflowed list: the padded operator, and its diagonal)
-            return pcg(lap.mv, _jacobi(comp.diag), rhs, rtol, jacobi_steps)
-
-        # One `cond` per solve, not one per CG step in the operator and the preconditioner: each
-        # copied its operands, the lists and the hierarchy (2D 1e5 uniform solve: 184 ms of 83 CG
-        # steps).
-        x, steps, ok = jax.lax.cond(h.overflow | comp.overflow, with_jacobi, with_multigrid, rhs)
-        return x - jnp.mean(x), SolveInfo(ok, steps, h)
-    else:
+        x, steps, ok = pcg(comp.mv, _jacobi(comp.diag), rhs, rtol, 20 * n + 100)
+        return x - jnp.mean(x), SolveInfo(ok, steps)
+    if method != "multigrid":
         raise ValueError(f"unknown linear solve method {method!r}.")
-    return x - jnp.mean(x), SolveInfo(ok, steps)
+    if lap.order is None:
+        raise ValueError("method='multigrid' needs the Laplacian's `order` (build it with `laplacian`).")
+    lists = comp.rows, comp.cols, comp.weights, lap.order
+    if coarse is None:
+        h = multigrid.build(*lists, d)
+    else:  # (cond_any: under vmap, the fresh build only for the problems that need it)
+        keep = jnp.asarray(keep_coarse) & ~coarse.coarse_overflow
+        h = cond_any(~keep, lambda *a: multigrid.build(*a[:4], d), lambda *a: multigrid.build(*a[:4], d, a[4]),
+                     *lists, jax.lax.stop_gradient(coarse))
+    # (A truncated list's coarse levels are not to be kept either.)
+    h = eqx.tree_at(lambda h: h.coarse_overflow, h, h.coarse_overflow | comp.overflow)
+    # One branch per solve, not one per CG step in the operator and the preconditioner: each
+    # copied its operands, the lists and the hierarchy (2D 1e5 uniform solve: 184 ms of 83 CG
+    # steps).  Under vmap, Jacobi-CG runs only for the problems whose lists overflowed.
+    x, steps, ok = cond_any(h.overflow | comp.overflow, _with_jacobi, _with_multigrid, rhs, rtol, comp, h)
+    return x - jnp.mean(x), SolveInfo(ok, steps, h.coarse_part())
+
+
+def _with_multigrid(rhs, rtol, comp: CompactLaplacian, h: multigrid.Hierarchy):
+    """Multigrid-CG, whose operator is the finest level's (the same as ``comp.mv``)."""
+    stopped = jax.lax.stop_gradient(h)
+    return pcg(h.levels[0].mv, lambda r: multigrid.v_cycle(stopped, jax.lax.stop_gradient(r)), rhs, rtol, 2000)
+
+
+def _with_jacobi(rhs, rtol, comp: CompactLaplacian, h: multigrid.Hierarchy):
+    """Jacobi-CG on the compact list (the padded operator where it overflowed)."""
+    return pcg(comp.mv, _jacobi(comp.diag), rhs, rtol, 2000)

@@ -135,7 +135,11 @@ class Hierarchy(eqx.Module):
     levels: list[Level]
     coarse_factor: Float[Array, "c c"]  # Cholesky factor at the coarsest level
     overflow: Bool[Array, ""]  # some level does not fit its static sizes: do not use it
-    coarse_overflow: Bool[Array, ""]  # the coarse levels' part of it
+    coarse_overflow: Bool[Array, ""]  # the coarse levels' part of it (not to be kept: `build`)
+
+    def coarse_part(self) -> "Hierarchy":
+        """The part `build`'s ``coarse`` reads: the finest level dropped (None)."""
+        return Hierarchy([None] + self.levels[1:], self.coarse_factor, self.overflow, self.coarse_overflow)
 
 
 def coo_mv(rows, cols, weights, diag, x):
@@ -169,7 +173,9 @@ def build(
     have weight 0).  Every level's list is sorted by rows too.
 
     ``coarse``: a hierarchy built the same way from another Laplacian on the same seeds (an
-    earlier Newton step's), whose coarse levels are kept: only the finest level is new.  The
+    earlier Newton step's, or its `Hierarchy.coarse_part`), whose coarse levels are kept: only
+    the finest level is new (unless there is only one level, n <= `COARSEST`: then it is
+    ignored).  The
     cycle then smooths the new operator and corrects with the old coarse ones, still a
     symmetric positive semi-definite preconditioner.  CG steps to 1e-2 / 1e-6 on the Laplacians
     of a 2D 1e5 uniform solve halfway and at its optimum, with the coarse levels of its start:

@@ -92,7 +92,7 @@ class _State(eqx.Module):
     fallback_short: Bool[Array, ""]
     window_short: Bool[Array, ""]
     smoothed: Bool[Array, ""]  # the direction came from the smoothed density's Laplacian
-    coarse: multigrid.Hierarchy | None  # the multigrid's coarse levels, built at the first direction
+    coarse: multigrid.Hierarchy | None  # the last direction's multigrid coarse levels (`linear.SolveInfo`)
 
 
 SMOOTHED_HESSIAN_UNTIL = 1e-2  # rms relative mass error below which the true Hessian is used
@@ -218,7 +218,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
         fallback_short=jnp.array(False),
         window_short=jnp.array(False),
         smoothed=jnp.array(False),
-        coarse=None if order is None else linear.empty_hierarchy(n, k, d, dtype),
+        coarse=None if order is None else linear.empty_coarse(n, k, d, dtype),
     )
 
     def body(s: _State) -> _State:
@@ -313,7 +313,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
             fallback_short=jnp.where(accepted, False, s.fallback_short | short),
             window_short=jnp.where(accepted, False, s.window_short | window_short),
             smoothed=jnp.where(renew, smooth, s.smoothed),
-            coarse=info.hierarchy,
+            coarse=info.coarse,
         )
 
     final = jax.lax.while_loop(lambda s: ~s.done, body, state)
@@ -401,8 +401,8 @@ def _mass_defect(a, mass, d: int):
 
 
 def _keep_direction(old, *_):
-    direction, hierarchy = old
-    return direction, linear.SolveInfo(jnp.array(True), jnp.array(0), hierarchy)
+    direction, coarse = old
+    return direction, linear.SolveInfo(jnp.array(True), jnp.array(0), coarse)
 
 
 def _first(*cases, default: Status) -> Status:
