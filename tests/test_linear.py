@@ -10,7 +10,6 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from sdot_jax import Box
-from sdot_jax.geometry import neighbours
 from sdot_jax.geometry.diagram import Capacities, power_diagram
 from sdot_jax.solve import linear, multigrid
 
