@@ -14,9 +14,11 @@ sum zero, and the dense path adds the rank-one term $\bar\delta\,\mathbf{1}\math
 Solvers, chosen by n (``method="auto"``): dense Cholesky up to ``DENSE_LIMIT`` cells, beyond that
 conjugate gradients preconditioned by an aggregation multigrid V-cycle (:mod:`.multigrid`), whose
 iteration count stays nearly flat in n (Jacobi-preconditioned CG needs O(sqrt(n)) iterations).
-The operator is applied from a compact COO list of the nonzero facet weights (in 2D a planar graph
-has at most 3n edges, so 6n directed entries always suffice); if the list would overflow its
-static size, the padded layout is used instead, never a truncated operator.
+The nonzero facet weights are compacted into a COO list (in 2D a planar graph has at most 3n
+edges, so 6n directed entries always suffice), from which the multigrid's finest level applies
+the operator as fixed-width rows (`multigrid.Rows`).  If the list or a level would overflow its
+static size, the solve is Jacobi-CG on the compact list, or on the padded layout when the list
+itself overflowed: never a truncated operator.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def pcg(mv, precond, b, rtol, max_steps: int):
 
 def preconditioner(lap: "CompactLaplacian", order: Int[Array, " n"], d: int):
     """The multigrid V-cycle as a function (no gradient flows through it), Jacobi when the
-    hierarchy or the compact list overflowed their static sizes."""
+    hierarchy or the compact list overflowed their static sizes: for lineax's CG
+    (`preconditioner_operator`); `solve_with_info` chooses between the two once per solve."""
     lap = jax.lax.stop_gradient(lap)
     h = multigrid.build(lap.rows, lap.cols, lap.weights, order, d)
     jacobi = _jacobi(lap.diag)
