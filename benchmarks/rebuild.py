@@ -90,7 +90,7 @@ def run(d: int, n: int, seed: int = 0) -> dict:
         y_pad = jnp.concatenate([y, jnp.zeros((1, d))])
         normals, offsets = dg._bisectors(y[i], psi_pad[i], index, y_pad, psi_pad)
         poly = dg._domain(y[i], density, slots, k)
-        return dg._clip_while(poly, normals, offsets, jnp.arange(k, dtype=jnp.int32), count)
+        return dg._clip_while(poly, normals, offsets, count)
 
     def rebuilt(y, psi_pad, i, index, poly):
         normals, offsets = planes(y, psi_pad, i, index)
@@ -114,7 +114,8 @@ def run(d: int, n: int, seed: int = 0) -> dict:
     x, passed = rebuild_all(y, psi_pad, known, polys)
     live = (jnp.arange(slots)[None] < polys.count[:, None]) if d == 2 else polys.valid
     gap = jnp.max(jnp.where(live[..., None], jnp.abs(x - polys.vertices), 0.0), (1, 2))
-    return dict(clip=_best(clip_all, y, psi_pad, known, count) / n, rebuild=_best(rebuild_all, y, psi_pad, known, polys) / n, passed=int(passed.sum()),
+    return dict(clip=_best(clip_all, y, psi_pad, known, count) / n,
+                rebuild=_best(rebuild_all, y, psi_pad, known, polys) / n, passed=int(passed.sum()),
                 overflowed=int(jnp.sum(polys.overflow)), gap=float(jnp.max(jnp.where(passed, gap, 0.0))))
 
 
@@ -122,7 +123,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=["2:1e5", "3:1e4"], help="d:n")
     args = parser.parse_args()
-    print("| d | n | clip (us per cell) | rebuild + test (us per cell) | cells passing | overflowed slots | max vertex gap |")
+    print("| d | n | clip (us per cell) | rebuild + test (us per cell) | cells passing | overflowed slots "
+          "| max vertex gap |")
     print("|---|---|---|---|---|---|---|")
     for case in args.cases:
         d, n = case.split(":")

@@ -205,7 +205,7 @@ def test_rows_of_fixed_width_give_the_product_of_the_list(width, tail):
 
 def test_an_overflowed_row_tail_falls_back_to_jacobi(problem, monkeypatch):
     """With no room past the rows' width, the hierarchy says it overflowed, and the solve
-    (Jacobi-CG on the padded operator) still matches scipy; with room, multigrid needs far fewer
+    (Jacobi-CG on the compact list) still matches scipy; with room, multigrid needs far fewer
     steps."""
     lap, L, rhs = problem
     solve = lambda: jax.jit(lambda lap, b: linear.solve_with_info(lap, b, 1e-10, method="multigrid"))(  # noqa: E731

@@ -191,21 +191,6 @@ def pcg(mv, precond, b, rtol, max_steps: int):
     return x, k, done & jnp.all(jnp.isfinite(x))
 
 
-def preconditioner(lap: "CompactLaplacian", order: Int[Array, " n"], d: int):
-    """The multigrid V-cycle as a function (no gradient flows through it), Jacobi when the
-    hierarchy or the compact list overflowed their static sizes: for lineax's CG
-    (`preconditioner_operator`); `solve_with_info` chooses between the two once per solve."""
-    lap = jax.lax.stop_gradient(lap)
-    h = multigrid.build(lap.rows, lap.cols, lap.weights, order, d)
-    jacobi = _jacobi(lap.diag)
-
-    def apply(r):
-        r = jax.lax.stop_gradient(r)
-        return jax.lax.cond(h.overflow | lap.overflow, jacobi, lambda r: multigrid.v_cycle(h, r), r)
-
-    return apply
-
-
 def _jacobi(diag: Float[Array, " n"]):
     """The diagonal preconditioner (no gradient flows through it), with a floor on tiny entries."""
     diag = jax.lax.stop_gradient(diag)
@@ -215,9 +200,18 @@ def _jacobi(diag: Float[Array, " n"]):
 
 
 def preconditioner_operator(lap: CompactLaplacian, order, d: int) -> lx.AbstractLinearOperator:
-    """The same V-cycle as a lineax operator (tagged positive semi-definite, gradient stopped),
-    for ``lx.CG(..., stabilise_every=None)`` via ``options={"preconditioner": ...}``."""
-    apply = preconditioner(lap, order, d)
+    """The multigrid V-cycle as a lineax operator (tagged positive semi-definite, gradient
+    stopped), Jacobi when the hierarchy or the compact list overflowed their static sizes, for
+    ``lx.CG(..., stabilise_every=None)`` via ``options={"preconditioner": ...}``.  (It chooses
+    at every application; `solve_with_info` chooses once per solve.)"""
+    lap = jax.lax.stop_gradient(lap)
+    h = multigrid.build(lap.rows, lap.cols, lap.weights, order, d)
+    jacobi = _jacobi(lap.diag)
+
+    def apply(r):
+        r = jax.lax.stop_gradient(r)
+        return jax.lax.cond(h.overflow | lap.overflow, jacobi, lambda r: multigrid.v_cycle(h, r), r)
+
     n = lap.diag.shape[0]
     return lx.FunctionLinearOperator(
         apply, jax.ShapeDtypeStruct((n,), lap.diag.dtype), lx.positive_semidefinite_tag

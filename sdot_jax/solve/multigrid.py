@@ -175,12 +175,11 @@ def build(
     ``coarse``: a hierarchy built the same way from another Laplacian on the same seeds (an
     earlier Newton step's, or its `Hierarchy.coarse_part`), whose coarse levels are kept: only
     the finest level is new (unless there is only one level, n <= `COARSEST`: then it is
-    ignored).  The
-    cycle then smooths the new operator and corrects with the old coarse ones, still a
-    symmetric positive semi-definite preconditioner.  CG steps to 1e-2 / 1e-6 on the Laplacians
-    of a 2D 1e5 uniform solve halfway and at its optimum, with the coarse levels of its start:
-    13 / 42 and 17 / 45, against 13 / 42 and 16 / 43 with their own (the old finest level too: 33
-    / 82)."""
+    ignored).  The cycle then smooths the new operator and corrects with the old coarse ones,
+    still a symmetric positive semi-definite preconditioner.  CG steps to 1e-2 / 1e-6 on the
+    Laplacians of a 2D 1e5 uniform solve halfway and at its optimum, with the coarse levels of
+    its start: 13 / 42 and 17 / 45, against 13 / 42 and 16 / 43 with their own (the old finest
+    level too: 33 / 82)."""
     n = order.shape[0]
     sizes = level_sizes(n)
     rank = jnp.zeros((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))

@@ -274,7 +274,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
             facets = cond_any(renew & smooth, _smoothed_facets, _unchanged, facets, y, base_psi,
                               hessian_density, capacities)
         direction, info = cond_any(renew, _direction, _keep_direction, (s.direction, s.coarse), y, a, base_mass,
-                                   *facets, base_err, tol, order, smooth, ~initial)
+                                   *facets, base_err, tol, order, smooth)
         solve_failed = renew & ~info.ok
         status = _first(
             (gave_up & (failed | initial), Status.capacity),
@@ -355,20 +355,20 @@ def _unchanged(first, *_):
     return first
 
 
-def _direction(old, y, a, mass, facet_mass, candidates, total, err, tol, order, smoothed, keep_coarse):
+def _direction(old, y, a, mass, facet_mass, candidates, total, err, tol, order, smoothed):
     """The Newton direction: solve L delta = r (`_mass_defect`), or L_s delta = a - m with the
-    ``smoothed`` density's facets (the first operand, the old direction and multigrid hierarchy,
-    is `_keep_direction`'s; its coarse levels are kept where ``keep_coarse``: after the first
-    direction, see `linear.solve_with_info`).  (L_s is not Dm, so the reason for `_mass_defect`
-    does not hold there: 2e3 Diracs on the 90:1 image with continuation, its last stage took 44
-    diagrams with r, 30 with a - m.)"""
+    ``smoothed`` density's facets (the first operand, the old direction and the multigrid's
+    coarse levels, is `_keep_direction`'s; the coarse levels are kept from the second direction
+    on: before the first, they are `linear.empty_coarse`, flagged not to be kept).  (L_s is not
+    Dm, so the reason for `_mass_defect` does not hold there: 2e3 Diracs on the 90:1 image with
+    continuation, its last stage took 44 diagrams with r, 30 with a - m.)"""
     lap = linear.laplacian(facet_mass, candidates, y, total, order)
     # Inexact Newton: a relative residual 0.1 x the mass error keeps the convergence quadratic;
     # near the end, 0.1 x tol / err is enough to land below tol (the linear part of the next
     # error is ~ rtol x err), and saves the tightest solves (2D 1e6: 102 CG steps at err 7.5e-5).
     rtol = jnp.clip(jnp.maximum(0.1 * err, 0.1 * tol / err), 1e-13, 1e-2).astype(a.dtype)
     rhs = jnp.where(smoothed, a - mass, _mass_defect(a, mass, y.shape[1]))
-    return linear.solve_with_info(lap, rhs, rtol, coarse=old[1], keep_coarse=keep_coarse)
+    return linear.solve_with_info(lap, rhs, rtol, coarse=old[1])
 
 
 def _mass_defect(a, mass, d: int):
