@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from . import batches, neighbours
+from . import batches, neighbours, rebuild
 from .gauge import axis_gauge
 from .kernels import kernel_for
 from .polyhedron import first_true, packed_flags, pop_lowest
@@ -142,6 +142,8 @@ class Diagram(eqx.Module):
     certified: Bool[Array, " n"]
     overflow: Bool[Array, " n"]
     short: Bool[Array, ""]  # more cells needed a fallback stage than its `Capacities.fallback`
+    # The first pass's cells, for the next trial to rebuild (`power_diagram` ``last_cells``).
+    cells: rebuild.Cells | None = None
 
     @property
     def neighbours(self) -> Int[Array, "n k"]:
@@ -243,6 +245,21 @@ def _bisectors(y_i, psi_i, index, y_pad, psi_pad):
     normals = jnp.where(ok[:, None], delta, 0.0)
     offsets = jnp.where(ok, 0.5 * (jnp.sum(delta**2, -1) + psi_i - psi_pad[index]), 1.0)
     return normals, offsets
+
+
+def _cell_planes(y_i, psi_i, index, y_pad, psi_pad, density):
+    """Every half-space of a cell in plane-id order (`clip_cell`): the bisectors with the
+    candidates ``index``, the density's half-spaces, then the box's faces (``x_a >= lo_a``,
+    ``x_a <= hi_a`` for each axis a), relative to ``y_i``."""
+    normals, offsets = _bisectors(y_i, psi_i, index, y_pad, psi_pad)
+    a_dom, b_dom = density.half_spaces()
+    lo, hi = density.bounding_box()
+    d = y_i.shape[0]
+    eye = jnp.eye(d, dtype=normals.dtype)
+    box_normals = jnp.stack([sign * eye[a] for a in range(d) for sign in (-1.0, 1.0)])
+    box_offsets = jnp.stack([v for a in range(d) for v in (y_i[a] - lo[a], hi[a] - y_i[a])])
+    return (jnp.concatenate([normals, a_dom.astype(normals.dtype), box_normals]),
+            jnp.concatenate([offsets, (b_dom - a_dom @ y_i).astype(offsets.dtype), box_offsets.astype(offsets.dtype)]))
 
 
 def _domain(y_i, density, capacity: int, k: int):
@@ -364,24 +381,26 @@ def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad
     return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest))
 
 
-def _where_open(open_, test, *, chunk: int):
-    """``test(positions)`` (booleans, one per position) at the positions where ``open_``, False
-    elsewhere: those positions packed into chunks of ``chunk``, a loop over the chunks that hold
-    any (at the optimum of 1e5 uniform seeds in 2D, 17% of the cells, with the former bounding
-    ball's bound too).  (A loop, not a ``cond`` per chunk: its operands, the polygons and pools
-    of every cell, were copied for each chunk, and the pass took longer than testing every
-    cell.)"""
+def _where_open(open_, compute, *, chunk: int, into=None):
+    """``compute(positions)`` (a pytree with one row per position) written into ``into`` (rows
+    for every position; by default booleans, False) at the positions where ``open_``: those
+    positions packed into chunks of ``chunk``, a loop over the chunks that hold any (at the
+    optimum of 1e5 uniform seeds in 2D, 17% of the cells for the pool test, with the former
+    bounding ball's bound too).  (A loop, not a ``cond`` per chunk: its operands, the polygons
+    and pools of every cell, were copied for each chunk, and the pass took longer than testing
+    every cell.)"""
     m = open_.shape[0]
     chunks = -(-m // chunk)
     picked = jnp.nonzero(open_, size=chunks * chunk, fill_value=m)[0].reshape(chunks, chunk)
 
     def next_chunk(state):
-        c, passed = state
+        c, into = state
         at = picked[c]
-        return c + 1, passed.at[at].set(test(jnp.minimum(at, m - 1)), mode="drop")
+        return c + 1, jax.tree.map(lambda a, b: a.at[at].set(b, mode="drop"), into, compute(jnp.minimum(at, m - 1)))
 
     count = -(-jnp.sum(open_) // chunk)
-    return jax.lax.while_loop(lambda state: state[0] < count, next_chunk, (jnp.int32(0), jnp.zeros(m, bool)))[1]
+    into = jnp.zeros(m, bool) if into is None else into
+    return jax.lax.while_loop(lambda state: state[0] < count, next_chunk, (jnp.int32(0), into))[1]
 
 
 def _deepest_cuts(rows, cand: neighbours.Candidates, y, psi, density, capacity: int) -> neighbours.Candidates:
@@ -469,11 +488,13 @@ SURVIVORS = {3: 64}
 BLOCK_TEST_CHUNK = 256
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
+#: Cells per chunk of those that `rebuild.rebuilt` leaves to be clipped (`_cells` ``last``).
+REBUILD_MISS_CHUNK = {2: 1024, 3: 64}
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, vertex_test=None,
            split: tuple[int, int] | None = None, loop: bool = False, known: Int[Array, " r"] | None = None,
-           survivors: int | None = None, block_test=None):
+           survivors: int | None = None, block_test=None, last: tuple[rebuild.Cells, Int[Array, "n k"]] | None = None):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
     `clip_cell_in_two`, both rounds loops with ``loop``; a cell left incomplete is not
     certified).  ``known`` (with ``loop``): how many of each row's first candidates bound its
@@ -487,7 +508,10 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     Seeds outside the pool are excluded by ``reach`` or by ``vertex_test(i, vertices, live)``,
     from its vertices (`neighbours.within_pool_bounds` in the first pass); where both fail, by
     ``block_test(i, vertices, live)`` (`neighbours.within_ring_pool`), run after the map on
-    those cells only."""
+    those cells only.  ``last``: the cells of a diagram at nearby weights and ``place`` (its
+    candidate positions in ``cand``, per seed; ``rows`` must be all the seeds): each cell is
+    rebuilt from them where they still hold (`rebuild.rebuilt`), clipped elsewhere, and the
+    returned tuple ends with these cells' `rebuild.Cells`."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -505,16 +529,21 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         order = jnp.argsort(first_round)
         first_round = first_round[order]
 
-    def clipped(args):
-        at, count = args
+    def clipped(at, count):
         i, idx = rows[at], cand.index[at]
         if split is None:
-            poly, complete = clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), True
-        else:
-            # (After the known neighbours, any of the others may cut: weights move between diagrams.)
-            rounds = split if known is None else (count, k)
-            poly, complete = clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *rounds, loop)
-        return poly, complete, kernel.integrate(poly, density, y[i], k)
+            return clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), jnp.ones((), bool)
+        # (After the known neighbours, any of the others may cut: weights move between diagrams.)
+        rounds = split if known is None else (count, k)
+        return clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *rounds, loop)
+
+    def integrated(poly, at):
+        return kernel.integrate(poly, density, y[rows[at]], k)
+
+    def rebuilt(at):
+        i = rows[at]
+        normals, offsets = _cell_planes(y[i], psi[i], cand.index[at], y_pad, psi_pad, density)
+        return rebuild.rebuilt(jax.tree.map(lambda a: a[i], last[0]), last[1][i], normals, offsets)
 
     def certified(args):
         """Whether the cell is certified (``ok``), and whether only the exact pool test can
@@ -550,9 +579,21 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     # cells -> 1024 and 37; 2D 1e5 1116 -> 929 ms, 481 -> 4096 and 481).
     tested = (n if cand.pool is None else cand.pool.shape[1]) * capacity
     batch = min(max(8, min(CLIP_BATCH[min(d, 3)], PAIRS_PER_BATCH // max(tested, 1))) * batches.scale(), rows.shape[0])
-    poly, complete, (mass, first, second, facets) = jax.lax.map(
-        clipped, (order, first_round),
-        batch_size=min(CLIP_BATCH[min(d, 3)] * batches.scale(), rows.shape[0]))
+    clip_batch = min(CLIP_BATCH[min(d, 3)] * batches.scale(), rows.shape[0])
+    if last is None:
+        def clipped_and_integrated(args):
+            poly, complete = clipped(*args)
+            return poly, complete, integrated(poly, args[0])
+
+        poly, complete, (mass, first, second, facets) = jax.lax.map(clipped_and_integrated, (order, first_round),
+                                                                    batch_size=clip_batch)
+    else:
+        # Rebuilt from the last diagram where its combinatorics still hold, clipped elsewhere.
+        poly, passed = jax.lax.map(rebuilt, order, batch_size=clip_batch)
+        poly, complete = _where_open(~passed, lambda p: jax.vmap(clipped)(order[p], first_round[p]),
+                                     into=(poly, jnp.ones_like(passed)),
+                                     chunk=min(REBUILD_MISS_CHUNK[d] * batches.scale(), rows.shape[0]))
+        mass, first, second, facets = jax.lax.map(lambda args: integrated(*args), (poly, order), batch_size=clip_batch)
     ok, open_, beyond = jax.lax.map(certified, (poly, complete, order), batch_size=batch)
     if two_phase:
         ok = ok | _where_open(open_, lambda p: jax.vmap(exact)(order[p], jax.tree.map(lambda a: a[p], poly)),
@@ -572,10 +613,12 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     ok = ok & ~poly.overflow
     mass = jnp.where(poly.overflow, jnp.inf, mass)
     out = mass, first, second, facets, ok, poly.overflow
+    if last is not None:
+        out = out + (rebuild.kept(poly, ok & ~jax.vmap(kernel.is_empty)(poly)),)
     if known is None:
         return out
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    return tuple(x[inverse] for x in out)
+    return jax.tree.map(lambda x: x[inverse], out)
 
 
 def _shrink(distance, scale):
@@ -793,6 +836,7 @@ def power_diagram(
     loops: bool = False,
     previous: Int[Array, "n k"] | None = None,
     reuse: Bool[Array, ""] | bool = False,
+    last_cells: rebuild.Cells | None = None,
 ) -> Diagram:
     """Clip, certify and integrate every power cell.  ``grid`` (from `grid_for`) is
     required when ``capacities.grid`` is set.  ``cond`` runs the fallback stages (`lax.cond`, or
@@ -810,7 +854,11 @@ def power_diagram(
     takes the candidate list of a diagram at nearby weights (``prior`` its facets, aligned with
     it) instead of ranking the pools again (`neighbours.reused`; 2D 1e5 uniform seeds: 86 ms
     against 752 ms, a Newton solve 24.0 -> 18.1 s); a neighbour it lacks fails the cell's
-    certificate, and the block stage redoes that cell."""
+    certificate, and the block stage redoes that cell.  ``last_cells`` (with ``loops``, the grid
+    search, ``previous`` and ``reuse``; from `trial_cells`, then the `Diagram.cells` of the
+    diagram that gave ``previous``): the first pass rebuilds each cell from them where they still
+    hold (`rebuild`), and the diagram returns its own (3D 1e4 uniform seeds near the optimum:
+    ...)."""
     n, d = y.shape
     k = capacities.candidates
     if capacities.window is not None and hasattr(density, "with_window"):
@@ -830,6 +878,7 @@ def power_diagram(
     y, psi = scale * y, scale * (psi - (1 - scale) * jnp.sum(y**2, -1))
     if grid is not None:
         grid = neighbours.scaled(grid, scale)
+    cells = None
     if capacities.grid is None:
         cand = neighbours.brute_force(y, psi, k)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)
@@ -841,9 +890,14 @@ def power_diagram(
         # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
         known = jnp.minimum(jnp.sum(prior < n, 1), k) if loops and split is not None and prior is not None else None
         slots = first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0])
+        last = None
+        if last_cells is not None:
+            last = eqx.tree_at(lambda c: c.ok, last_cells, last_cells.ok & reuse), neighbours.reused_places(prior < n)
         out = _cells(jnp.arange(n), cand, y, psi, density, slots,
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
-                     survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi))
+                     survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi), last=last)
+        if last is not None:
+            out, cells = out[:-1], out[-1]
         out = _overflow_to_next_stage(out)  # the block stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells (up to `fallback` of them: cells that seeds beyond their
@@ -881,7 +935,15 @@ def power_diagram(
     if axes is not None:  # x - y_i = (x' - y'_i) / s + (y'_i / s - y_i)
         s = axes.scale
         first, second = _moved(mass, first / s, second / s[:, None] / s[None, :], seeds / s - original)
-    return Diagram(mass, first, second, facets, index, certified, overflow, short)
+    return Diagram(mass, first, second, facets, index, certified, overflow, short, cells)
+
+
+def trial_cells(n: int, d: int, density, capacities: Capacities) -> rebuild.Cells | None:
+    """The ``last_cells`` of a first Newton trial (none may be rebuilt), shaped as the cells its
+    diagrams return; ``None`` where `power_diagram` does not rebuild (exhaustive search, d > 3)."""
+    if capacities.grid is None or not rebuild.applies(d):
+        return None
+    return rebuild.empty(n, d, first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0]))
 
 
 def _moved(mass, first, second, v):

@@ -725,6 +725,15 @@ def from_grid(
     return Candidates(index, grid.pool, slot, grid.reach.astype(y.dtype), shift)
 
 
+def reused_places(known: Bool[Array, "n k"]) -> Int[Array, "n k"]:
+    """Where `reused` puts each slot of the old list: those ``known`` first, then the others, each
+    group in its old order.  (A stable partition by running counts: a top_k over all k slots
+    sorted every row, 128 ms of a 1.15 s trial diagram, 1e5 seeds in 2D.)"""
+    k = known.shape[1]
+    ahead = jnp.cumsum(known, 1, dtype=jnp.int32)
+    return jnp.where(known, ahead - 1, ahead[:, -1:] + jnp.arange(k, dtype=jnp.int32) - ahead)
+
+
 def reused(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, previous: Int[Array, "n k"],
            known: Bool[Array, "n k"]) -> Candidates:
     """The candidates of a diagram at nearby weights (``previous``, padded with n), not ranked
@@ -735,11 +744,7 @@ def reused(y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, previous
     where `from_grid` ranks the whole pool (at the optimum of 1e5 uniform seeds in 2D: 86 ms
     against 752 ms; 1e4 in 3D: 17 ms against 211 ms)."""
     n, k = previous.shape
-    # Known first, each group in its old order: a stable partition by running counts (a top_k
-    # over all k slots sorted every row: 128 ms of a 1.15 s trial diagram, 1e5 seeds in 2D).
-    ahead = jnp.cumsum(known, 1, dtype=jnp.int32)
-    place = jnp.where(known, ahead - 1, ahead[:, -1:] + jnp.arange(k, dtype=jnp.int32) - ahead)
-    index = jnp.zeros_like(previous).at[jnp.arange(n)[:, None], place].set(previous)
+    index = jnp.zeros_like(previous).at[jnp.arange(n)[:, None], reused_places(known)].set(previous)
     rows = jnp.arange(n)
     shift = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)]
     return Candidates(index, grid.pool, pool_slots(grid, rows, index), grid.reach.astype(y.dtype), shift)

@@ -20,6 +20,8 @@ error $\max_i |m_i - a_i| / a_i \le$ ``tol``.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 import equinox as eqx
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .._batching import cond_any, for_active
-from ..geometry.diagram import Capacities, Diagram, cell_integrals, grid_for, power_diagram
+from ..geometry.diagram import Capacities, Diagram, cell_integrals, grid_for, power_diagram, trial_cells
 from . import linear, multigrid
 
 
@@ -158,7 +160,9 @@ def newton(
     """
     n = y.shape[0]
     if n <= linear.DENSE_LIMIT:
-        return _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_short, hessian_density)
+        psi, stats, diagram = _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_short,
+                                      hessian_density)
+        return psi, stats, dataclasses.replace(diagram, cells=None)  # (the cells are for the next trial only)
     # Solved in the seeds' Morton order (`multigrid.morton_order`), in which the multigrid's
     # aggregates are runs of consecutive seeds and every gather of the diagram and of the
     # Laplacian reads nearby memory (2D 1e5 uniform seeds: Newton's trial diagram 0.67 -> 0.60 s,
@@ -202,6 +206,7 @@ def _newton(y, a, density, psi0, capacities, tol, max_iter, verbose, stop_when_s
             certified=jnp.zeros((n,), bool),
             overflow=jnp.zeros((n,), bool),
             short=jnp.array(False),
+            cells=trial_cells(n, d, density, capacities),
         ),
         direction=jnp.zeros((n,), dtype),
         t=jnp.zeros((), dtype),  # pass 0 "tries" psi0 itself and always accepts it
@@ -339,7 +344,7 @@ def _evaluate(last, y, psi, reuse, density, capacities, grid):
     to the fallback stages where ranking the pools leaves 1102, 389, 779, 366 (325 and 325 near
     the optimum)."""
     return power_diagram(y, psi, density, capacities, grid, cond=cond_any, prior=last.neighbours, loops=True,
-                         previous=last.candidates, reuse=reuse)
+                         previous=last.candidates, reuse=reuse, last_cells=last.cells)
 
 
 def _smoothed_facets(own, y, psi, density, capacities):
