@@ -66,7 +66,7 @@ def test_an_empty_or_unmarked_cell_is_never_rebuilt():
         assert not bool(rebuild.rebuilt(cell, jnp.arange(39), normals, offsets)[1])
 
 
-@pytest.mark.parametrize("d, n", [(2, 800), (3, 500)])
+@pytest.mark.parametrize("d, n", [(2, 800), pytest.param(3, 500, marks=pytest.mark.slow)])  # (3D: 34 s)
 def test_trial_diagrams_rebuilt_from_the_last_equal_the_clipped_ones(d, n):
     """Newton's use: a trial diagram from the cells of the last one (``last_cells``) equals the
     same trial clipped afresh (from cells none of which may be rebuilt), cell for cell: weights

@@ -326,11 +326,12 @@ def _rounding(radius, y_i, psi_i, ys, psis, norm2):
     return 64 * jnp.finfo(ys.dtype).eps * scale
 
 
-def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad, survivors: int | None = None):
+def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad, survivors: int | None = None,
+                 largest=None):
     """Whether a seed of ``pool`` (all seeds when None), other than the clipped candidates at
     ``slot``, cuts the cell beyond rounding (see `_excess`).  With ``survivors``: only the seeds
-    that `_may_cut` are tested, the first ``survivors`` of them; a cell with more is reported cut
-    (the fallback stages redo it)."""
+    that `_may_cut` (with ``largest``) are tested, the first ``survivors`` of them; a cell with
+    more is reported cut (the fallback stages redo it)."""
     n = psi_pad.shape[0] - 1
     ys = y_pad[:n] if pool is None else y_pad[pool]
     psis = psi_pad[:n] if pool is None else psi_pad[pool]
@@ -339,7 +340,7 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad,
     if survivors is None or survivors >= ids.shape[0]:
         excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)
         return jnp.any(other & (excess > tol))
-    maybe = other & _may_cut(verts, live, radius, y_i, psi_i, ys, psis)
+    maybe = other & _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest)
     picked = first_true(maybe, survivors)
     ys = jnp.concatenate([ys, jnp.zeros_like(ys[:1])])[picked]
     psis = jnp.concatenate([psis, jnp.zeros_like(psis[:1])])[picked]
@@ -376,9 +377,13 @@ def _pool_may_cut(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad
     as much as the bound: 68 ms of a 1.15 s trial diagram, 1e5 seeds in 2D)."""
     n = psi_pad.shape[0] - 1
     other = ((pool < n) & (pool != i)).at[slot].set(False, mode="drop")
-    d = y_i.shape[0]
-    largest = (scale[None], heaviest[None], d * (jnp.max(jnp.abs(y_i)) + scale[None]) ** 2)
+    largest = _largest(y_i, scale, heaviest)
     return jnp.any(other & _may_cut(verts, live, radius, y_i, psi_i, y_pad[pool], psi_pad[pool], largest))
+
+
+def _largest(y_i, scale, heaviest):
+    """`_may_cut`'s ``largest`` from ``scale`` >= max |y| and ``heaviest`` >= max |psi|."""
+    return scale[None], heaviest[None], y_i.shape[0] * (jnp.max(jnp.abs(y_i)) + scale[None]) ** 2
 
 
 def _where_open(open_, compute, *, chunk: int, into=None):
@@ -489,12 +494,56 @@ BLOCK_TEST_CHUNK = 256
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
 CLIP_BATCH = {1: 4096, 2: 4096, 3: 1024}
 #: Cells per chunk of those that `rebuild.rebuilt` leaves to be clipped (`_cells` ``last``).
-REBUILD_MISS_CHUNK = {2: 1024, 3: 64}
+REBUILD_LEFT_CHUNK = {2: 1024, 3: 256}
+#: Beyond this fraction of cells left by `rebuild.rebuilt`, `_cells` clips every cell.
+MANY_LEFT = 0.25
+
+
+def _clipped(at, count, *, rows, index, y_pad, psi_pad, density, capacity: int, split, loop: bool, known: bool):
+    """The cell at position ``at`` of `_cells`' rows, clipped (``count``: its first round, with
+    ``known``); returns it and whether it is complete (`clip_cell_in_two`)."""
+    i, idx = rows[at], index[at]
+    if split is None:
+        return clip_cell(y_pad[i], psi_pad[i], idx, y_pad, psi_pad, density, capacity), jnp.ones((), bool)
+    # (After the known neighbours, any of the others may cut: weights move between diagrams.)
+    rounds = (count, index.shape[1]) if known else split
+    return clip_cell_in_two(y_pad[i], psi_pad[i], idx, y_pad, psi_pad, density, capacity, *rounds, loop)
+
+
+def _integrated(poly, at, rows, y_pad, density, k: int):
+    return kernel_for(poly.vertices.shape[-1]).integrate(poly, density, y_pad[rows[at]], k)
+
+
+def _clip_all(poly, passed, order, first_round, rows, index, y_pad, psi_pad, density, *, batch: int, **config):
+    """`_cells`' cells, every one clipped and integrated (in batches of ``batch``), whatever
+    `rebuild` gave."""
+    clipped = functools.partial(_clipped, rows=rows, index=index, y_pad=y_pad, psi_pad=psi_pad, density=density,
+                                **config)
+
+    def one(args):
+        poly, complete = clipped(*args)
+        return poly, complete, _integrated(poly, args[0], rows, y_pad, density, index.shape[1])
+
+    return jax.lax.map(one, (order, first_round), batch_size=batch)
+
+
+def _clip_left(poly, passed, order, first_round, rows, index, y_pad, psi_pad, density, *, chunk: int, batch: int,
+               **config):
+    """`_cells`' cells as `rebuild` gave them where it ``passed``, clipped elsewhere (in chunks),
+    then integrated (in batches of ``batch``)."""
+    clipped = functools.partial(_clipped, rows=rows, index=index, y_pad=y_pad, psi_pad=psi_pad, density=density,
+                                **config)
+    poly, complete = _where_open(~passed, lambda p: jax.vmap(clipped)(order[p], first_round[p]),
+                                 into=(poly, jnp.ones_like(passed)), chunk=chunk)
+    k = index.shape[1]
+    return poly, complete, jax.lax.map(lambda args: _integrated(*args, rows, y_pad, density, k), (poly, order),
+                                       batch_size=batch)
 
 
 def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, vertex_test=None,
            split: tuple[int, int] | None = None, loop: bool = False, known: Int[Array, " r"] | None = None,
-           survivors: int | None = None, block_test=None, last: tuple[rebuild.Cells, Int[Array, "n k"]] | None = None):
+           survivors: int | None = None, block_test=None, last: tuple[rebuild.Cells, Int[Array, "n k"]] | None = None,
+           cond=jax.lax.cond):
     r"""Clip, integrate and certify the cells of ``rows`` given their candidates (``split``: with
     `clip_cell_in_two`, both rounds loops with ``loop``; a cell left incomplete is not
     certified).  ``known`` (with ``loop``): how many of each row's first candidates bound its
@@ -510,8 +559,9 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     ``block_test(i, vertices, live)`` (`neighbours.within_ring_pool`), run after the map on
     those cells only.  ``last``: the cells of a diagram at nearby weights and ``place`` (its
     candidate positions in ``cand``, per seed; ``rows`` must be all the seeds): each cell is
-    rebuilt from them where they still hold (`rebuild.rebuilt`), clipped elsewhere, and the
-    returned tuple ends with these cells' `rebuild.Cells`."""
+    rebuilt from them where they still hold (`rebuild.rebuilt`), clipped elsewhere (``cond``
+    chooses how, see `power_diagram`), and the returned tuple ends with these cells'
+    `rebuild.Cells`."""
     n, d = y.shape
     k = cand.index.shape[1]
     kernel = kernel_for(d)
@@ -529,13 +579,9 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         order = jnp.argsort(first_round)
         first_round = first_round[order]
 
-    def clipped(at, count):
-        i, idx = rows[at], cand.index[at]
-        if split is None:
-            return clip_cell(y[i], psi[i], idx, y_pad, psi_pad, density, capacity), jnp.ones((), bool)
-        # (After the known neighbours, any of the others may cut: weights move between diagrams.)
-        rounds = split if known is None else (count, k)
-        return clip_cell_in_two(y[i], psi[i], idx, y_pad, psi_pad, density, capacity, *rounds, loop)
+    config = dict(capacity=capacity, split=split, loop=loop, known=known is not None)
+    clipped = functools.partial(_clipped, rows=rows, index=cand.index, y_pad=y_pad, psi_pad=psi_pad, density=density,
+                                **config)
 
     def integrated(poly, at):
         return kernel.integrate(poly, density, y[rows[at]], k)
@@ -562,7 +608,8 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         # For `block_test`: only the seeds beyond the pool are left to exclude.
         beyond = ~empty & ~far & complete & (reach > 0) & ~poly.overflow
         if not two_phase:
-            cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors)
+            cut = _cut_by_pool(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, survivors,
+                               _largest(y[i], scale, heaviest))
             return empty | (far & ~cut & complete), jnp.zeros((), bool), beyond & ~cut
         maybe = _pool_may_cut(verts, live, r, i, y[i], psi[i], pool, slot, y_pad, psi_pad, scale, heaviest)
         return empty | (far & complete & ~maybe), ~empty & far & complete & maybe, beyond
@@ -590,10 +637,15 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     else:
         # Rebuilt from the last diagram where its combinatorics still hold, clipped elsewhere.
         poly, passed = jax.lax.map(rebuilt, order, batch_size=clip_batch)
-        poly, complete = _where_open(~passed, lambda p: jax.vmap(clipped)(order[p], first_round[p]),
-                                     into=(poly, jnp.ones_like(passed)),
-                                     chunk=min(REBUILD_MISS_CHUNK[d] * batches.scale(), rows.shape[0]))
-        mass, first, second, facets = jax.lax.map(lambda args: integrated(*args), (poly, order), batch_size=clip_batch)
+        # Clip the cells left, or, when they are many, every cell in large batches: the chunks of a
+        # loop over them kept the two cores less busy (3D 1e4 from zero weights to the optimum,
+        # nearly every cell left: 1407 -> 1614 ms in chunks of 1024, 1892 ms in chunks of 64).
+        many = jnp.sum(~passed) > MANY_LEFT * rows.shape[0]
+        chunk = min(REBUILD_LEFT_CHUNK[d] * batches.scale(), rows.shape[0])
+        poly, complete, (mass, first, second, facets) = cond(
+            many, functools.partial(_clip_all, batch=clip_batch, **config),
+            functools.partial(_clip_left, chunk=chunk, batch=clip_batch, **config),
+            poly, passed, order, first_round, rows, cand.index, y_pad, psi_pad, density)
     ok, open_, beyond = jax.lax.map(certified, (poly, complete, order), batch_size=batch)
     if two_phase:
         ok = ok | _where_open(open_, lambda p: jax.vmap(exact)(order[p], jax.tree.map(lambda a: a[p], poly)),
@@ -895,7 +947,8 @@ def power_diagram(
             last = eqx.tree_at(lambda c: c.ok, last_cells, last_cells.ok & reuse), neighbours.reused_places(prior < n)
         out = _cells(jnp.arange(n), cand, y, psi, density, slots,
                      vertex_test=_pool_bounds_test(grid, bounds, y, psi), split=split, loop=loops, known=known,
-                     survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi), last=last)
+                     survivors=SURVIVORS.get(d), block_test=_ring_pool_test(grid, field, y, psi), last=last,
+                     cond=cond)
         if last is not None:
             out, cells = out[:-1], out[-1]
         out = _overflow_to_next_stage(out)  # the block stage has all of the slots
