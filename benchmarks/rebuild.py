@@ -1,5 +1,6 @@
-"""The next step for Newton's trial diagrams, measured before it is built: each cell rebuilt from
-the last diagram's combinatorics instead of clipped.
+"""Newton's trial diagrams rebuild each cell from the last diagram's combinatorics instead of
+clipping it (`sdot_jax.geometry.rebuild`, built in the twenty-fifth session): its cost per cell,
+measured in isolation.
 
 At the optimum of uniform Diracs, the weights are perturbed (1e-3 / n) as a trial step would.
 For every cell: (a) clip the box by its neighbours at the optimum, in a loop as the trial

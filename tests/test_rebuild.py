@@ -2,6 +2,7 @@
 cells where the test passes, clipped again where the combinatorics changed."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from sdot_jax.geometry import diagram as dg, neighbours, rebuild
 from sdot_jax.geometry.kernels import kernel_for
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _one_cell(d, psi, index, capacity=40):
     """Seed 0's cell among 40 random seeds, clipped by every other seed, and its planes."""
     rng = np.random.default_rng(1)

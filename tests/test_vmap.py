@@ -143,6 +143,7 @@ def test_batched_branch_runs_only_for_the_problems_concerned(concerned, branch):
     assert set(runs) == set(xs[taken, 0])  # the concerned problems only
 
 
+@pytest.mark.slow  # (47 s: the default suite must stay under 15 minutes on 2 cores)
 def test_vmapped_batch_beyond_the_dense_limit_equals_one_by_one():
     """Two problems of 2500 Diracs (multigrid-CG, whose coarse levels Newton keeps across its
     steps, built once per problem): the vmapped solve equals the one-by-one solves."""
