@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdot_jax import Box, optimal_transport_plan
-from sdot_jax.geometry import diagram as dg
+from sdot_jax.geometry import diagram as dg, rebuild
 
 jax.config.update("jax_enable_x64", True)
 
@@ -37,32 +37,6 @@ def _best(f, *args, reps: int = 5) -> float:
         jax.block_until_ready(f(*args))
         times.append(time.perf_counter() - t)
     return min(times)
-
-
-def _box_planes(y_i, density, d: int):
-    """The box's half-spaces relative to y_i in the kernels' id order (ids k + 2a: x_a >= lo_a,
-    k + 2a + 1: x_a <= hi_a)."""
-    lo, hi = density.bounding_box()
-    eye = jnp.eye(d)
-    normals = jnp.stack([s * eye[a] for a in range(d) for s in (-1.0, 1.0)])
-    offsets = jnp.stack([v for a in range(d) for v in (y_i[a] - lo[a], hi[a] - y_i[a])])
-    return normals, offsets
-
-
-def _intersections(normals, offsets, valid):
-    """The points where each row's d planes meet (Cramer's rule), ``(V, d)``."""
-    if normals.shape[-1] == 2:
-        a, b = normals[:, 0], normals[:, 1]
-        det = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
-        oa, ob = offsets[:, 0], offsets[:, 1]
-        x = jnp.stack([oa * b[:, 1] - ob * a[:, 1], a[:, 0] * ob - b[:, 0] * oa], -1)
-    else:
-        c0 = jnp.cross(normals[:, 1], normals[:, 2])
-        c1 = jnp.cross(normals[:, 2], normals[:, 0])
-        c2 = jnp.cross(normals[:, 0], normals[:, 1])
-        det = jnp.sum(normals[:, 0] * c0, -1)
-        x = offsets[:, 0, None] * c0 + offsets[:, 1, None] * c1 + offsets[:, 2, None] * c2
-    return x / jnp.where(valid, det, 1.0)[:, None]
 
 
 def run(d: int, n: int, seed: int = 0) -> dict:
@@ -81,12 +55,6 @@ def run(d: int, n: int, seed: int = 0) -> dict:
     psi_pad = jnp.concatenate([trial, jnp.zeros(1)])
     batch = 4096 if d == 2 else 1024
 
-    def planes(y, psi_pad, i, index):
-        y_pad = jnp.concatenate([y, jnp.zeros((1, d))])
-        normals, offsets = dg._bisectors(y[i], psi_pad[i], index, y_pad, psi_pad)
-        box_normals, box_offsets = _box_planes(y[i], density, d)
-        return jnp.concatenate([normals, box_normals]), jnp.concatenate([offsets, box_offsets])
-
     def clipped(y, psi_pad, i, index, count):
         y_pad = jnp.concatenate([y, jnp.zeros((1, d))])
         normals, offsets = dg._bisectors(y[i], psi_pad[i], index, y_pad, psi_pad)
@@ -94,16 +62,10 @@ def run(d: int, n: int, seed: int = 0) -> dict:
         return dg._clip_while(poly, normals, offsets, count)
 
     def rebuilt(y, psi_pad, i, index, poly):
-        normals, offsets = planes(y, psi_pad, i, index)
-        if d == 2:
-            live = jnp.arange(slots) < poly.count
-            ids = jnp.stack([poly.planes[(jnp.arange(slots) - 1) % jnp.maximum(poly.count, 1)], poly.planes], -1)
-        else:
-            live, ids = poly.valid, poly.planes
-        ids = jnp.clip(ids, 0, normals.shape[0] - 1)
-        x = _intersections(normals[ids], offsets[ids], live)
-        excess = sum(x[:, None, a] * normals[None, :, a] for a in range(d)) - offsets
-        return x, jnp.all(~live[:, None] | (excess <= 1e-9))
+        y_pad = jnp.concatenate([y, jnp.zeros((1, d))])
+        planes = dg._cell_planes(y[i], psi_pad[i], index, y_pad, psi_pad, density)
+        rebuilt, passed = rebuild.rebuilt(rebuild.kept(poly, jnp.array(True)), jnp.arange(k), *planes)
+        return rebuilt.vertices, passed
 
     # (The arrays are arguments: captured, they were constants that XLA folded for minutes.)
     cells = jnp.arange(n)

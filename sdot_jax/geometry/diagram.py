@@ -933,7 +933,7 @@ def power_diagram(
         split = split_for(d, k, loops)
         # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
         known = jnp.minimum(jnp.sum(prior < n, 1), k) if loops and split is not None and prior is not None else None
-        slots = first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0])
+        slots = _first_pass_slots(d, capacities, density)
         last = None
         if last_cells is not None:
             last = eqx.tree_at(lambda c: c.ok, last_cells, last_cells.ok & reuse), neighbours.reused_places(prior < n)
@@ -988,7 +988,12 @@ def trial_cells(n: int, d: int, density, capacities: Capacities) -> rebuild.Cell
     diagrams return; ``None`` where `power_diagram` does not rebuild (exhaustive search, d > 3)."""
     if capacities.grid is None or not rebuild.applies(d):
         return None
-    return rebuild.empty(n, d, first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0]))
+    return rebuild.empty(n, d, _first_pass_slots(d, capacities, density))
+
+
+def _first_pass_slots(d: int, capacities: Capacities, density) -> int:
+    """The vertex slots of `power_diagram`'s first pass (and of its `Diagram.cells`)."""
+    return first_pass_vertices(d, capacities.vertices, density.half_spaces()[0].shape[0])
 
 
 def _moved(mass, first, second, v):
