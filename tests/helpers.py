@@ -79,9 +79,10 @@ def reference_diagram(y, psi, A, b, *, hessian: bool = False, near: int = 40, ce
     sq = np.sum(y**2, 1)
     for i in range(n) if cells is None else cells:
         # Candidates: the `near` nearest seeds; the cell they cut out is then checked against every
-        # seed (all vertices must satisfy all bisectors), and rebuilt from all seeds if it fails.
+        # seed (all vertices must satisfy all bisectors), and rebuilt from 8 and 64 times as many,
+        # then from all seeds, until it passes.
         order = np.argsort(np.sum((y - y[i]) ** 2, 1))
-        for others in (order[1 : near + 1], order[1:]):
+        for others in (order[1 : near + 1], order[1 : 8 * near + 1], order[1 : 64 * near + 1], order[1:]):
             cell = _cell(i, others, y, psi, A, b)
             if cell is None or len(others) == n - 1:
                 break
@@ -124,6 +125,9 @@ def _cell(i, others, y, psi, A, b):
     normals = np.vstack([2 * delta, A])
     offsets = np.concatenate([np.sum(delta**2, 1) + psi[i] - psi[others], b - A @ y[i]])
     norms = np.linalg.norm(normals, axis=1)
+    # The seed itself when it lies well inside (most cells: skips the LP, ~3 ms per cell).
+    if np.min(offsets / norms) > 1e-3 * np.sqrt(np.min(np.sum(delta**2, 1))):
+        return delta, scipy.spatial.HalfspaceIntersection(np.column_stack([normals, -offsets]), np.zeros(d))
     # Chebyshev centre: max r s.t. normals z + r |normal| <= offsets.
     lp = scipy.optimize.linprog(
         np.concatenate([np.zeros(d), [-1.0]]),

@@ -295,7 +295,8 @@ def gradient_problem():
     return theta, value_and_jacobian
 
 
-@pytest.mark.parametrize("group", ["positions", "sigmas", "weights"])
+# (weights: 24 s, slow; the mixture weights' gradients are also checked in test_gradients.py)
+@pytest.mark.parametrize("group", ["positions", "sigmas", pytest.param("weights", marks=pytest.mark.slow)])
 def test_gradients_distance_and_barycenters(gradient_problem, group):
     """d(W2, sum of barycenters) / d(Gaussian positions | sigmas | weights), relative <= 1e-6."""
     theta, value_and_jacobian = gradient_problem
