@@ -661,7 +661,7 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
         out = out + (rebuild.kept(poly, ok & ~jax.vmap(kernel.is_empty)(poly)),)
     if known is None:
         return out
-    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
     return jax.tree.map(lambda x: x[inverse], out)
 
 
