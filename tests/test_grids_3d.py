@@ -308,6 +308,9 @@ def test_image_solve(image_plan):
     np.testing.assert_allclose(plan.cell_masses, 1 / N, rtol=1e-10)
 
 
+# (59 s, slow: the suite must stay under 15 minutes on 2 cores.  Gradients wrt a 2D grid density's
+# values: test_gradients.py; 3D gradients wrt the Diracs: test_gradients.py::test_gradients_3d_box.)
+@pytest.mark.slow
 def test_distance_gradient_wrt_values(image_plan):
     dist = lambda v: sdot_jax.distance(SumOfDiracs(Y), Image(v), squared=True, **OPTIONS)
     grad = jax.grad(dist)(jnp.asarray(VALUES))

@@ -389,7 +389,7 @@ def test_newton_trials_under_vmap_give_the_cells_searched_afresh(d):
         np.testing.assert_allclose(mass[sample], ref[sample], rtol=1e-10)
 
 
-@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("d", [2, pytest.param(3, marks=pytest.mark.slow)])  # (3D: 22 s; every 3D diagram test clips in two)
 def test_clipping_in_two_gives_the_same_cells_or_says_incomplete(d):
     """`clip_cell_in_two` clips by the first candidates, then only by those of the others that
     cut that cell: the same cells as clipping by all of them (masses, moments, facet integrals),
