@@ -340,19 +340,20 @@ def test_cross_polytope_through_box_corners_and_faces(d, r):
 @example([False] * 95 + [True], 2)
 @example([], 4)
 def test_first_true_lists_the_first_true_flags_in_order(flags, size):
-    """`polyhedron.first_true` (bit by bit over 32-bit words) against numpy's nonzero, padded with
-    the length: word edges, lengths that are multiples of 32, no flag at all; and under vmap, on
-    rows that differ."""
+    """`polyhedron.first_true` (bit by bit over 32-bit words) and `first_true_ranked` (by
+    popcounts) against numpy's nonzero, padded with the length: word edges, lengths that are
+    multiples of 32, no flag at all; and under vmap, on rows that differ."""
 
     def want(flags):
         first = np.nonzero(flags)[0][:size]
         return np.concatenate([first, np.full(size - len(first), len(flags))])
 
-    np.testing.assert_array_equal(np.asarray(polyhedron.first_true(jnp.asarray(flags, bool), size)), want(flags))
     rows = np.asarray([flags, flags[::-1]], bool).reshape(2, len(flags))
-    batched = np.asarray(jax.vmap(lambda f: polyhedron.first_true(f, size))(jnp.asarray(rows)))
-    np.testing.assert_array_equal(batched[0], want(rows[0]))
-    np.testing.assert_array_equal(batched[1], want(rows[1]))
+    for first_true in (polyhedron.first_true, polyhedron.first_true_ranked):
+        np.testing.assert_array_equal(np.asarray(first_true(jnp.asarray(flags, bool), size)), want(flags))
+        batched = np.asarray(jax.vmap(lambda f: first_true(f, size))(jnp.asarray(rows)))
+        np.testing.assert_array_equal(batched[0], want(rows[0]))
+        np.testing.assert_array_equal(batched[1], want(rows[1]))
 
 
 def _sutherland_hodgman(points, normal, offset):

@@ -34,7 +34,7 @@ from jaxtyping import Array, Bool, Float, Int
 from . import batches, neighbours, rebuild
 from .gauge import axis_gauge
 from .kernels import kernel_for
-from .polyhedron import first_true, packed_flags, pop_lowest
+from .polyhedron import first_true, first_true_ranked, packed_flags, pop_lowest
 
 
 @eqx.filter_jit  # (one program: its operations one by one compiled ~15 each on a first call)
@@ -341,7 +341,7 @@ def _cut_by_pool(verts, live, radius, i, y_i, psi_i, pool, slot, y_pad, psi_pad,
         excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)
         return jnp.any(other & (excess > tol))
     maybe = other & _may_cut(verts, live, radius, y_i, psi_i, ys, psis, largest)
-    picked = first_true(maybe, survivors)
+    picked = first_true_ranked(maybe, survivors)
     ys = jnp.concatenate([ys, jnp.zeros_like(ys[:1])])[picked]
     psis = jnp.concatenate([psis, jnp.zeros_like(psis[:1])])[picked]
     excess, tol = _excess(verts, live, radius, y_i, psi_i, ys, psis)

@@ -116,6 +116,31 @@ def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
     return jax.lax.fori_loop(0, size, take_lowest, (packed_flags(flags), jnp.full((size,), n, jnp.int32)))[1]
 
 
+def first_true_ranked(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
+    """`first_true` without a loop, for many flags: output p finds the word that holds the
+    (p+1)-th set bit from the words' running popcounts, then that bit within its word by halving
+    (five popcounts).  1e4 rows of 544 flags to 64 indices: 9.2 ms against `first_true`'s 41 ms.
+    Picking the pool test's survivors (`diagram._cut_by_pool`, ~540 flags to 64), a 3D 1e4 solve
+    6.45 -> 5.98 s and 5.48 -> 5.16 s (two pairs, CPU 11.0 -> 10.2 and 9.3 -> 8.8 s); in the 3D
+    clip instead of `first_true` (64 flags to 21), 6.4 -> 7.7 s."""
+    n = flags.shape[0]
+    words = packed_flags(flags)
+    if words.shape[0] == 0:
+        return jnp.full((size,), n, jnp.int32)
+    counts = jax.lax.population_count(words).astype(jnp.int32)
+    ends = jnp.cumsum(counts)  # set bits up to the end of each word
+    p = jnp.arange(size, dtype=jnp.int32)
+    word_of = jnp.sum(ends[None, :] <= p[:, None], 1)  # the word holding set bit p (W when none does)
+    w = jnp.minimum(word_of, words.shape[0] - 1)
+    rank, word = p - (ends[w] - counts[w]), words[w]
+    bit = jnp.zeros_like(p)
+    for width in (16, 8, 4, 2, 1):
+        low = jax.lax.population_count(word & jnp.uint32((1 << width) - 1)).astype(jnp.int32)
+        high = rank >= low
+        rank, word, bit = jnp.where(high, rank - low, rank), jnp.where(high, word >> width, word), bit + high * width
+    return jnp.where(word_of < words.shape[0], 32 * w + bit, n).astype(jnp.int32)
+
+
 #: Bins of `clip`'s table that pairs the new vertices on each facet (plane ids modulo it).
 FACET_BINS = 128
 
