@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from scipy.spatial import ConvexHull, Delaunay
 
 from sdot_jax import Box
@@ -329,31 +329,6 @@ def test_cross_polytope_through_box_corners_and_faces(d, r):
     vol, overflow = volume(normals, offsets)
     assert not bool(overflow)
     np.testing.assert_allclose(float(vol), (2 * r) ** d / np.prod(np.arange(1, d + 1)), rtol=1e-12)
-
-
-@settings(max_examples=25, deadline=None)  # (each length compiles anew)
-@given(st.lists(st.booleans(), min_size=0, max_size=140), st.integers(1, 40))
-@example([False] * 31 + [True], 3)
-@example([False] * 32 + [True], 3)
-@example([True] * 64, 40)
-@example([False] * 64, 5)
-@example([False] * 95 + [True], 2)
-@example([], 4)
-def test_first_true_lists_the_first_true_flags_in_order(flags, size):
-    """`polyhedron.first_true` (bit by bit over 32-bit words) and `first_true_ranked` (by
-    popcounts) against numpy's nonzero, padded with the length: word edges, lengths that are
-    multiples of 32, no flag at all; and under vmap, on rows that differ."""
-
-    def want(flags):
-        first = np.nonzero(flags)[0][:size]
-        return np.concatenate([first, np.full(size - len(first), len(flags))])
-
-    rows = np.asarray([flags, flags[::-1]], bool).reshape(2, len(flags))
-    for first_true in (polyhedron.first_true, polyhedron.first_true_ranked):
-        np.testing.assert_array_equal(np.asarray(first_true(jnp.asarray(flags, bool), size)), want(flags))
-        batched = np.asarray(jax.vmap(lambda f: first_true(f, size))(jnp.asarray(rows)))
-        np.testing.assert_array_equal(batched[0], want(rows[0]))
-        np.testing.assert_array_equal(batched[1], want(rows[1]))
 
 
 def _sutherland_hodgman(points, normal, offset):

@@ -108,16 +108,3 @@ def test_trial_diagrams_rebuilt_from_the_last_equal_the_clipped_ones(d, n):
             sample = np.arange(0, n, n // 40)
             ref = reference_diagram(np.asarray(y), np.asarray(psi1), *box_halfspaces([0, 0], [1, 1]), cells=sample)
             np.testing.assert_allclose(np.asarray(rebuilt.mass)[sample], ref["mass"][sample], rtol=1e-10)
-
-
-def test_stable_order_is_a_stable_argsort():
-    """`diagram.stable_order` (a counting sort) against numpy's stable argsort, and its inverse:
-    ties keep their order, keys 0 and ``largest`` included, one key only."""
-    from sdot_jax.geometry.diagram import stable_order
-
-    rng = np.random.default_rng(3)
-    for keys, largest in ((rng.integers(0, 33, 1000), 32), (np.full(7, 4), 4), (np.array([3, 0, 3, 1, 0]), 3)):
-        got, place = (np.asarray(a) for a in jax.jit(stable_order, static_argnums=1)(jnp.asarray(keys, jnp.int32),
-                                                                                     largest))
-        np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
-        np.testing.assert_array_equal(place[got], np.arange(len(keys)))  # the inverse permutation

@@ -34,7 +34,7 @@ from jaxtyping import Array, Bool, Float, Int
 from . import batches, neighbours, rebuild
 from .gauge import axis_gauge
 from .kernels import kernel_for
-from .polyhedron import first_true, first_true_ranked
+from .selection import first_true, first_true_ranked, stable_order
 
 
 @eqx.filter_jit  # (one program: its operations one by one compiled ~15 each on a first call)
@@ -657,18 +657,6 @@ def _cells(rows, cand: neighbours.Candidates, y, psi, density, capacity: int, ve
     if known is None:
         return out
     return jax.tree.map(lambda x: x[inverse], out)
-
-
-def stable_order(keys: Int[Array, " m"], largest: int) -> tuple[Int[Array, " m"], Int[Array, " m"]]:
-    """``jnp.argsort(keys, stable=True)`` for keys in ``[0, largest]``, by counting: O(m largest)
-    with no comparison sort (XLA's CPU sort of 1e5 keys: ~35 ms; 2D Newton solve of 1e5 seeds,
-    one per diagram: 220 ms of 8.3 s); and its inverse, each key's place in that order."""
-    onehot = keys[:, None] == jnp.arange(largest + 1, dtype=keys.dtype)
-    before = jnp.cumsum(onehot, 0, dtype=jnp.int32)  # keys equal to each, up to this one
-    counts = before[-1]
-    place = (jnp.cumsum(counts) - counts)[keys] + jnp.take_along_axis(before, keys[:, None], 1)[:, 0] - 1
-    order = jnp.zeros_like(keys).at[place].set(jnp.arange(keys.shape[0], dtype=keys.dtype), unique_indices=True)
-    return order, place.astype(keys.dtype)
 
 
 def _shrink(distance, scale):

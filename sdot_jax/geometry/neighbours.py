@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import batches
 from .gauge import AxisGauge
-from .polyhedron import first_true
+from .selection import first_true
 
 
 class Candidates(eqx.Module):

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .selection import first_true
+
 
 class Polyhedron(NamedTuple):
     vertices: Float[Array, "V 3"]
@@ -80,65 +82,6 @@ def _index_of(table: Int[Array, "... 3"], value: Int[Array, "..."]) -> Int[Array
     # own; 3D 1e4 uniform solve 4.71 -> 4.37 s, compilation 31 -> 28 s).
     at = lambda k, otherwise: jnp.where(table[..., k] == value, k, otherwise)  # noqa: E731
     return at(0, at(1, at(2, 0))).astype(jnp.int32)
-
-
-def packed_flags(flags: Bool[Array, " N"]) -> Int[Array, " W"]:
-    """``flags`` as 32-bit words, flag i in bit i % 32 of word i // 32 (see `pop_lowest`)."""
-    n = flags.shape[0]
-    words_n = -(-n // 32)
-    bits = jnp.concatenate([flags, jnp.zeros((words_n * 32 - n,), bool)]).reshape(words_n, 32)
-    return jnp.sum(bits.astype(jnp.uint32) << jnp.arange(32, dtype=jnp.uint32), 1, dtype=jnp.uint32)
-
-
-def pop_lowest(words: Int[Array, " W"], n: int) -> tuple[Int[Array, ""], Int[Array, " W"]]:
-    """The index of the first flag set in ``words`` (`packed_flags` of n flags; n when none is),
-    and the words with that flag cleared."""
-    start = jnp.arange(words.shape[0], dtype=jnp.int32) * 32  # index of each word's bit 0
-    one = jnp.uint32(1)
-    below = (words & (~words + one)) - one  # the bits below the lowest set one
-    index = jnp.min(jnp.where(words != 0, start + jax.lax.population_count(below).astype(jnp.int32), n), initial=n)
-    return index, jnp.where(start == (index & ~31), words & (words - one), words)  # (index n: all words are 0)
-
-
-def first_true(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
-    """Indices of the first ``size`` True entries of ``flags``, padded with ``len(flags)``.
-
-    The flags are packed into 32-bit words, and each step takes the lowest set bit of the first
-    nonzero word, then clears it: no scatter, which under vmap was 5-6x slower (1024 cells: 120
-    flags to 13 indices 590 -> 115 us, 48 to 12 220 -> 57 us; 1100 to 64 4.8 -> 2.6 ms)."""
-    n = flags.shape[0]
-
-    def take_lowest(p, state):
-        words, out = state
-        index, words = pop_lowest(words, n)
-        return words, out.at[p].set(index)
-
-    return jax.lax.fori_loop(0, size, take_lowest, (packed_flags(flags), jnp.full((size,), n, jnp.int32)))[1]
-
-
-def first_true_ranked(flags: Bool[Array, " N"], size: int) -> Int[Array, " size"]:
-    """`first_true` without a loop, for many flags: output p finds the word that holds the
-    (p+1)-th set bit from the words' running popcounts, then that bit within its word by halving
-    (five popcounts).  1e4 rows of 544 flags to 64 indices: 9.2 ms against `first_true`'s 41 ms.
-    Picking the pool test's survivors (`diagram._cut_by_pool`, ~540 flags to 64), a 3D 1e4 solve
-    6.45 -> 5.98 s and 5.48 -> 5.16 s (two pairs, CPU 11.0 -> 10.2 and 9.3 -> 8.8 s); in the 3D
-    clip instead of `first_true` (64 flags to 21), 6.4 -> 7.7 s."""
-    n = flags.shape[0]
-    words = packed_flags(flags)
-    if words.shape[0] == 0:
-        return jnp.full((size,), n, jnp.int32)
-    counts = jax.lax.population_count(words).astype(jnp.int32)
-    ends = jnp.cumsum(counts)  # set bits up to the end of each word
-    p = jnp.arange(size, dtype=jnp.int32)
-    word_of = jnp.sum(ends[None, :] <= p[:, None], 1)  # the word holding set bit p (W when none does)
-    w = jnp.minimum(word_of, words.shape[0] - 1)
-    rank, word = p - (ends[w] - counts[w]), words[w]
-    bit = jnp.zeros_like(p)
-    for width in (16, 8, 4, 2, 1):
-        low = jax.lax.population_count(word & jnp.uint32((1 << width) - 1)).astype(jnp.int32)
-        high = rank >= low
-        rank, word, bit = jnp.where(high, rank - low, rank), jnp.where(high, word >> width, word), bit + high * width
-    return jnp.where(word_of < words.shape[0], 32 * w + bit, n).astype(jnp.int32)
 
 
 #: Bins of `clip`'s table that pairs the new vertices on each facet (plane ids modulo it).
