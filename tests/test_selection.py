@@ -42,3 +42,54 @@ def test_stable_order_is_a_stable_argsort():
                                                                                      largest))
         np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
         np.testing.assert_array_equal(place[got], np.arange(len(keys)))  # the inverse permutation
+
+
+@settings(max_examples=15, deadline=None)  # (each shape compiles anew)
+@given(st.sampled_from([1, 3]), st.sampled_from([5, 40, 90]), st.lists(st.integers(1, 14), min_size=1, max_size=3),
+       st.integers(0, 3), st.integers(0, 2**31 - 1))
+@example(1, 5, [3, 4], 2, 0)  # fewer entries than asked for
+def test_smallest_in_tiers_lists_a_prefix_of_the_sorted_scores(rows, p, tiers, slack, seed):
+    """`selection.smallest_in_tiers` on distinct scores (some not finite, some rows with entries
+    ahead): those ahead first, then tier by tier the next scores of numpy's sort of the others,
+    each tier in position order and ending within ``slack`` below its end, then padding."""
+    rng = np.random.default_rng(seed)
+    score = rng.permutation(rows * p).reshape(rows, p).astype(np.float64) - rows * p / 3
+    score[rng.uniform(size=score.shape) < 0.2] = np.inf
+    ahead = (rng.uniform(size=score.shape) < 0.1) & (np.arange(rows) % 2 == 0)[:, None]
+    f = jax.jit(selection.smallest_in_tiers, static_argnums=(1, 3))
+    got = np.asarray(f(jnp.asarray(score, jnp.float32), tuple(tiers), jnp.asarray(ahead), slack))
+    for r in range(rows):
+        finite = np.isfinite(score[r])
+        first = list(np.nonzero(finite & ahead[r])[0])
+        others = [j for j in np.argsort(score[r]) if finite[j] and not ahead[r, j]]
+        listed = [j for j in got[r] if j < p]
+        assert all(j == p for j in got[r][len(listed):])  # padding last
+        assert listed[: len(first)] == first[: sum(tiers)]  # (in position order, as many as fit)
+        first = first[: sum(tiers)]
+        assert _splits_in_tiers(listed[len(first):], others, len(first), np.cumsum(tiers), slack), (listed, others)
+
+
+def _splits_in_tiers(rest, others, ahead, ends, slack):
+    """Whether ``rest`` is, tier after tier, the next entries of ``others`` (sorted) in position
+    order, each tier ending (counting ``ahead``) within ``slack`` below its end, or where
+    ``others`` end."""
+    if not len(ends):
+        return not rest
+    most = max(0, min(ends[0], ahead + len(others)) - ahead)  # (ahead entries may fill the tier)
+    for count in range(min(most, len(rest)), max(0, most - slack) - 1, -1):
+        if rest[:count] == sorted(others[:count]) and _splits_in_tiers(
+                rest[count:], others[count:], ahead + count, ends[1:], slack):
+            return True
+    return False
+
+
+def test_smallest_in_tiers_with_far_outliers():
+    """Scores 1e-3 apart, then outliers up to the float32 maximum: the bracket's linear guesses
+    stall, and halving in the float32 order takes over; every row still lists exactly its 10
+    smallest (slack 0), tier by tier."""
+    rng = np.random.default_rng(0)
+    score = np.concatenate([rng.permutation(40)[None].repeat(4, 0) * 1e-3, [[3e38], [1e30], [1e10], [-1e30]] * np.ones((4, 3))], 1)
+    got = np.asarray(selection.smallest_in_tiers(jnp.asarray(score, jnp.float32), (4, 6), slack=0))
+    for r in range(4):
+        order = np.argsort(score[r])
+        np.testing.assert_array_equal(got[r], np.concatenate([np.sort(order[:4]), np.sort(order[4:10])]))

@@ -843,14 +843,16 @@ def quadratic_gauge(y: Float[Array, "n d"], psi: Float[Array, " n"]) -> Float[Ar
     return jnp.where(alpha > QUADRATIC_GAUGE_FROM, 1 - jnp.minimum(alpha, 0.9), 1.0).astype(y.dtype)
 
 
-def _first_candidates(y, psi, grid, k: int, prior, previous, reuse, cond) -> neighbours.Candidates:
-    """The first pass's candidates: ranked in the pools (`neighbours.from_grid`), or, with
+def _first_candidates(y, psi, grid, k: int, prior, previous, reuse, cond, split) -> neighbours.Candidates:
+    """The first pass's candidates: ranked in the pools (`neighbours.from_grid`; in two tiers for
+    the two rounds of ``split``, a whole tier where it is None), or, with
     ``reuse``, the list ``previous`` of a diagram at nearby weights with its facets (``prior``,
     aligned with it) first (`neighbours.reused`)."""
     n = y.shape[0]
 
     def rank(y, psi, grid, prior, previous):
-        return neighbours.from_grid(y, psi, grid, k, first=prior)
+        tiers = (k,) if split is None else (split[0], k - split[0])
+        return neighbours.from_grid(y, psi, grid, k, first=prior, tiers=tiers)
 
     def keep(y, psi, grid, prior, previous):
         return neighbours.reused(y, psi, grid, previous, prior < n)
@@ -921,10 +923,10 @@ def power_diagram(
         cand = neighbours.brute_force(y, psi, k)
         out = _cells(jnp.arange(n), cand, y, psi, density, capacities.vertices)
     else:
-        cand = _first_candidates(y, psi, grid, k, prior, previous, reuse, cond)
+        split = split_for(d, k, loops)
+        cand = _first_candidates(y, psi, grid, k, prior, previous, reuse, cond, split)
         field = neighbours.far_field(grid, psi, y)
         bounds = neighbours.pool_bounds(grid, field, cand.shift)
-        split = split_for(d, k, loops)
         # Both candidate lists put the prior's neighbours first (`from_grid` those in the pool).
         known = jnp.minimum(jnp.sum(prior < n, 1), k) if loops and split is not None and prior is not None else None
         slots = _first_pass_slots(d, capacities, density)

@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from . import batches
 from .gauge import AxisGauge
-from .selection import first_true
+from .selection import first_true, smallest_in_tiers
 
 
 class Candidates(eqx.Module):
@@ -54,19 +54,24 @@ class Candidates(eqx.Module):
     shift: Float[Array, "n d"]  # the seed's gauge g_i
 
 
-def _topk_nearest(offset, weight, shift, ok, k: int, known=None):
+def _topk_nearest(offset, weight, shift, ok, k: int, known=None, tiers: tuple[int, ...] | None = None):
     r"""For a batch of seeds and their pools: ``offset`` $\delta_j = y_j - y_i$ ``(b, p, d)``,
     ``weight`` $\psi_j - \psi_i$ ``(b, p)``, each seed's gauge ``shift`` $g_i$ ``(b, d)``, ``ok``
     which pool slots hold a seed.  Returns the positions in the pool of the k seeds nearest by the
     smaller of the two distances of the module docstring (in the gauge, $\tilde\psi_j = \psi_j -
     \psi_i + 2 \langle g_i, \delta_j \rangle$), ``(b, k)``, padded with p where the pool holds
     fewer; the slots ``known`` ``(b, p)`` (known neighbours), if given, ahead of all others.
-    (Written on whole batches: a vmapped version was 2x slower on CPU.)"""
+    With ``tiers`` (summing to k), about those k in tiers, each in pool order
+    (`selection.smallest_in_tiers`: 2D pools of 272 slots, 1e5 seeds to 32 in tiers of 12 and
+    20, 0.47 s against ``lax.top_k``'s 0.85 s); else all k in order.  (Written on whole batches:
+    a vmapped version was 2x slower on CPU.)"""
     weight = weight + 2 * jnp.einsum("bpd,bd->bp", offset, shift.astype(offset.dtype)).astype(weight.dtype)
     offset, weight = offset.astype(jnp.float32), weight.astype(jnp.float32)
     height2 = jnp.maximum(0.0, jnp.max(jnp.where(ok, weight, -jnp.inf), -1))
     lift = jnp.sqrt(jnp.where(ok, height2[:, None] - weight, 0.0)) - jnp.sqrt(height2)[:, None]
     score = jnp.sum(offset**2, -1) + jnp.minimum(lift**2, -weight)
+    if tiers is not None:
+        return smallest_in_tiers(jnp.where(ok, score, jnp.inf), tiers, known)
     if known is not None:
         score = jnp.where(known, -jnp.finfo(score.dtype).max, score)
     neg, pos = jax.lax.top_k(jnp.where(ok, -score, -jnp.inf), min(k, score.shape[-1]))
@@ -697,11 +702,12 @@ SLOTS_PER_BATCH = 2**16
 
 def from_grid(
     y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, first: Int[Array, "n m"] | None = None,
+    tiers: tuple[int, ...] | None = None,
 ) -> Candidates:
     """The k candidates (ranked as in the module docstring) of every seed within its ring-1 pool,
     in the gauge of its grid cell (`pool_gauges`); the seeds ``first`` of each row (padded with
     n; e.g. its neighbours in the diagram of the last Newton step), where they are in the pool,
-    ahead of the others."""
+    ahead of the others; with ``tiers``, the others in tiers of nearest (`_topk_nearest`)."""
     n, d = y.shape
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
@@ -716,7 +722,7 @@ def from_grid(
         if first is not None:
             at_slots = pool_slots(grid, ids, first[ids])
             known = jax.vmap(lambda s: jnp.zeros((pool.shape[1],), bool).at[s].set(True, mode="drop"))(at_slots)
-        slot = _topk_nearest(offset, weight, shift, ok, k, known)
+        slot = _topk_nearest(offset, weight, shift, ok, k, known, tiers)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
     gauges = pool_gauges(grid, y, psi)

@@ -1,16 +1,14 @@
-"""Picking positions without a comparison sort (XLA's CPU sort is serial and slow): the first
-flags set, by the bits of 32-bit words; a counting sort of small keys.
-
-(``lax.top_k``, also serial on CPU, was measured against a replacement here: each row's k-th
-smallest score by bisection over its float32 bits, then the flags below it listed.  1e5 rows of
-272 scores to 32 in two tiers: 0.76-0.78 s either way, and twice the CPU time.  The bisection
-needed 13-27 passes per block of rows: the loop runs until the slowest row has separated its
-k-th and (k+1)-th scores.)"""
+"""Picking positions without a comparison sort (XLA's CPU sort and ``top_k`` run on one thread,
+with serial comparisons): the first flags set, by the bits of 32-bit words; a counting sort of
+small keys; about the k smallest scores of each row, by counting below thresholds."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 
@@ -83,3 +81,85 @@ def stable_order(keys: Int[Array, " m"], largest: int) -> tuple[Int[Array, " m"]
     place = (jnp.cumsum(counts) - counts)[keys] + jnp.take_along_axis(before, keys[:, None], 1)[:, 0] - 1
     order = jnp.zeros_like(keys).at[place].set(jnp.arange(keys.shape[0], dtype=keys.dtype), unique_indices=True)
     return order, place.astype(keys.dtype)
+
+
+def _orderable(x: Float[Array, "..."]) -> Int[Array, "..."]:
+    """float32 as int32 in the same order (-0.0 below 0.0)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _from_orderable(key: Int[Array, "..."]) -> Float[Array, "..."]:
+    return jax.lax.bitcast_convert_type(jnp.where(key < 0, key ^ 0x7FFFFFFF, key), jnp.float32)
+
+
+def smallest_in_tiers(score: Float[Array, "b p"], tiers: Sequence[int], ahead: Bool[Array, "b p"] | None = None,
+                      slack: int = 2) -> Int[Array, "b k"]:
+    """Positions of about the ``k = sum(tiers)`` smallest finite entries of each row, padded with
+    p: those ``ahead`` first (whatever their score; e.g. known neighbours), then the others in
+    tiers, each in position order.  Tier t ends at a threshold: the entries up to it (those
+    ahead included) number at most ``e = tiers[0] + ... + tiers[t]``, and at least ``e - slack``
+    unless the row has fewer finite entries or float32 cannot split its ties, so a row may
+    list a few of its k smallest less.  What ``lax.top_k(-score, k)`` ranks, up to the order
+    within each tier and the ``slack``, without its sort.  Each threshold is bracketed by
+    counts and found by regula falsi (the count at the guess against the counts at the bracket's
+    ends, clamped to its inner 7/8): ~10 counting passes over the row, on every thread, where
+    XLA's CPU ``top_k`` costs O(p k) per row on one.  1e5 rows of 272 uniform 2D squared
+    distances to tiers of 12 and 20 (slack 2): 0.47 s against ``top_k``'s 0.85 s; 87% of the
+    rows list 32, 12% 31, 0.6% 30.  (Halving the bracket instead: 0.54-0.59 s.  Exact k-th
+    scores, by halving over their bits made distinct by the position: 0.76 s, ~20 passes: the
+    loop runs until the slowest row of a block has split its k-th and (k+1)-th scores.)"""
+    b, p = score.shape
+    ends = np.cumsum(tiers)
+    k = int(ends[-1])
+    finite = jnp.isfinite(score)
+    first = jnp.zeros_like(finite) if ahead is None else finite & ahead
+    ranked = finite & ~first
+    s = jnp.where(ranked, score, jnp.inf).astype(jnp.float32)
+    n_first = jnp.sum(first, -1, dtype=jnp.int32)[:, None]
+    want = jnp.minimum(jnp.asarray(ends, jnp.int32), jnp.sum(finite, -1, dtype=jnp.int32)[:, None])  # (b, t)
+
+    def count_up_to(bound):  # (b, t)
+        return n_first + jnp.sum(s[:, None, :] <= bound[:, :, None], -1, dtype=jnp.int32)
+
+    least = jnp.min(s, -1, keepdims=True)
+    most = jnp.max(jnp.where(ranked, s, -jnp.inf), -1, keepdims=True)
+    below = least - jnp.abs(least) * 2.0**-20 - jnp.finfo(jnp.float32).tiny  # nothing ranked up to it
+    at_most = count_up_to(jnp.broadcast_to(most, want.shape))
+    everything = at_most <= want  # (b, t)
+    lo = jnp.where(everything, most, below)
+    hi = jnp.broadcast_to(most, lo.shape)
+    state = lo, hi, jnp.where(everything, at_most, n_first), at_most, jnp.zeros(lo.shape, jnp.int32)
+
+    def next_guess(state):
+        """Regula falsi; after two moves of the same end, halving of the float32 order instead (at
+        most 32 of those, whatever the spread of the scores)."""
+        lo, hi, at_lo, at_hi, moves = state
+        share = (want - 0.5 - at_lo) / jnp.maximum(at_hi - at_lo, 1)
+        falsi = lo + (hi - lo) * jnp.clip(share, 0.0625, 0.9375)
+        k_lo, k_hi = _orderable(lo), _orderable(hi)
+        halved = _from_orderable((k_lo >> 1) + (k_hi >> 1) + (k_lo & k_hi & 1))
+        return jnp.where(jnp.abs(moves) >= 2, halved, falsi)
+
+    def splitting(state):  # until every row lists at least want - slack (or cannot split)
+        lo, hi, at_lo, *_ = state
+        mid = next_guess(state)
+        return jnp.any((at_lo < want - slack) & (lo < mid) & (mid < hi))
+
+    def narrow(state):
+        lo, hi, at_lo, at_hi, moves = state
+        mid = next_guess(state)
+        at_mid = count_up_to(mid)
+        fits = at_mid <= want
+        # moves: +m after m moves of lo in a row, -m of hi.
+        moves = jnp.where(fits, jnp.maximum(moves, 0) + 1, jnp.minimum(moves, 0) - 1)
+        return (jnp.where(fits, mid, lo), jnp.where(fits, hi, mid), jnp.where(fits, at_mid, at_lo),
+                jnp.where(fits, at_hi, at_mid), moves)
+
+    threshold = jax.lax.while_loop(splitting, narrow, state)[0]  # (b, t)
+    # The flags of each group (ahead, then every tier) one after the other: their first k true
+    # are the groups' positions, group after group (a reordering afterwards: 2x slower).
+    upto = s[:, None, :] <= threshold[:, :, None]  # (b, t, p)
+    groups = [first, upto[:, 0]] + [upto[:, t] & ~upto[:, t - 1] for t in range(1, len(tiers))]
+    picked = jax.vmap(lambda flags: first_true_ranked(flags, k))(jnp.concatenate(groups, -1))
+    return jnp.where(picked < len(groups) * p, picked % p, p)
