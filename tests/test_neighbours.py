@@ -11,7 +11,7 @@ from helpers import box_halfspaces, reference_diagram
 from hypothesis import given, settings, strategies as st
 
 from sdot_jax import Box
-from sdot_jax.geometry import batches, neighbours
+from sdot_jax.geometry import batches, diagram, neighbours
 from sdot_jax.geometry.diagram import Capacities, power_diagram
 
 N = 5000  # above the grid threshold (4096)
@@ -570,8 +570,8 @@ def test_cells_per_axis_are_near_cubes_holding_about_the_asked_count(extent, n, 
 
 def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
     """`neighbours.pool_slots` against matching ids in the grid's pools (with ids outside the
-    pool and padding); ranked `first`, known neighbours lead the candidates, and a diagram
-    searched that way is the same diagram."""
+    pool and padding); ranked `first`, known neighbours lead the candidates, for some ``rows``
+    too, and a diagram searched that way is the same diagram."""
     y = np.random.default_rng(3).random((N, 2))
     caps = Capacities.default(N, 2, y)
     grid = neighbours.build_grid(jnp.asarray(y), *caps.grid)
@@ -594,6 +594,11 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
     count = np.asarray(jnp.sum(prior < N, 1))
     for row in range(0, N, 50):
         assert set(np.asarray(cand.index[row, : count[row]])) == set(np.asarray(prior[row][prior[row] < N]))
+    # Some rows only (the pool stage's), their priors row by row: the same rows of the same lists.
+    some = jax.jit(lambda psi, prior, rows: neighbours.from_grid(jnp.asarray(y), psi, grid, caps.candidates,
+                                                                first=prior[rows], rows=rows))(psi, prior, rows)
+    for got, want in zip(jax.tree.leaves(some), jax.tree.leaves(cand)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want[rows]))
     led = jax.jit(lambda psi, prior: power_diagram(jnp.asarray(y), psi, Box().with_dim(2), caps, grid, prior=prior))(
         psi, prior)
     assert np.asarray(led.certified).all() and np.asarray(plain.certified).all()
@@ -670,6 +675,25 @@ def test_cells_that_overflow_the_block_stage_get_twice_the_slots_in_the_exhausti
     assert bool(jnp.all(diagram.certified)) and not bool(jnp.any(diagram.overflow)) and not bool(diagram.short)
     np.testing.assert_allclose(np.asarray(diagram.mass), np.asarray(reference.mass), rtol=1e-11, atol=1e-15)
     assert 2 * int(jnp.max(jnp.sum(reference.facet_mass > 0, 1))) - 4 > 32
+
+
+def test_the_pool_stage_certifies_the_cells_cut_beyond_the_first_candidates(cloud_3d, monkeypatch):
+    """3D: the first pass leaves the cells that a seed of their ring-1 pool beyond its 48
+    candidates cuts, or that overflow its 40 vertex slots (63 of these 1000, measured).  The pool
+    stage (`diagram._pool_stage`: twice the candidates, from the same pools, and all 64 slots)
+    certifies them with the block stage switched off, and the masses are the exhaustive search's."""
+    y, psi, density, grid_caps, grid, reference = cloud_3d
+    n = y.shape[0]
+
+    def run(fallback):
+        caps = Capacities(64, 48, fallback, grid_caps, exhaustive=0)
+        return jax.jit(lambda y, psi: power_diagram(y, psi, density, caps, grid, loops=True))(y, psi)
+
+    assert int(jnp.sum(~run(0).certified)) > n // 50
+    monkeypatch.setattr(diagram, "_block_stage", lambda out, rows, *args, **kwargs: out)
+    pooled = run(n)
+    assert bool(jnp.all(pooled.certified)) and not bool(jnp.any(pooled.overflow))
+    np.testing.assert_allclose(np.asarray(pooled.mass), np.asarray(reference.mass), rtol=1e-11, atol=1e-15)
 
 
 def test_an_uncertified_cell_s_mass_bounds_its_true_mass_from_above(cloud_3d):

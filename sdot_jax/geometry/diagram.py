@@ -14,10 +14,10 @@ block stage vertex by vertex in each block's own gauge (`neighbours.open_block_p
 the pool: every vertex satisfies
 their bisectors, up to rounding (O(vertices x pool) per cell).
 
-Cells that fail are recomputed with more candidates and the exact test (from the grid cells that
-may cut them, over the whole grid), then with an exhaustive search, and what still
-fails is reported in ``Diagram.certified`` -- never returned as if it
-were right.
+Cells that fail are recomputed with more candidates: in 3D first from the same pool, then with
+the exact test (from the grid cells that may cut them, over the whole grid), then with an
+exhaustive search, and what still fails is reported in ``Diagram.certified`` -- never returned
+as if it were right.
 """
 
 from __future__ import annotations
@@ -484,6 +484,11 @@ PAIRS_PER_BATCH = 2**21
 #: costs little more than the bound), so 2D bounds every seed and tests vertex by vertex only the
 #: cells that a bound leaves open (`_pool_may_cut`), as does the block stage in every dimension.
 SURVIVORS = {3: 64}
+#: Dimensions where the fallback starts with `_pool_stage`.  3D 1e4 uniform Newton solve: the
+#: five diagrams leave 3, 15, 4, 4, 4 cells to the block stage instead of 693, 619, 57, 51, 51;
+#: medians of 6 interleaved in one process 5.49 against 6.09 s (CPU 9.64 against 10.53 s), and
+#: ~8 s more compilation.  (2D leaves few cells to the fallback: not measured there.)
+POOL_STAGE = {3}
 #: Cells per chunk of `_cells`' ``block_test``, run on the cells that the pool bounds leave.
 BLOCK_TEST_CHUNK = 256
 #: Cells clipped and integrated per batch (`_cells`; all these sizes times `batches.scale`).
@@ -664,18 +669,19 @@ def _shrink(distance, scale):
     return distance * (1 - 1e-5) - 1e-6 * scale
 
 
-def _redo(out, rows, search, y, psi, density, capacity: int, split=None, loop: bool = False):
+def _redo(out, rows, search, y, psi, density, capacity: int, split=None, loop: bool = False, **certify):
     """Recompute the uncertified cells ``rows`` (padded with n) with the candidates
     ``search(rows)`` gives (more than k of them; clipped as `_cells` does with ``split`` and
-    ``loop``); facets are compacted back into k slots (else: uncertified), the other candidates
-    after them in their order (Newton's next trial reuses the list: `neighbours.reused`)."""
+    ``loop``, certified with ``certify``, `_cells`' keywords); facets are compacted back into k
+    slots (else: uncertified), the other candidates after them in their order (Newton's next
+    trial reuses the list: `neighbours.reused`)."""
     mass, first, second, facets, certified, overflow, index = out
     n = y.shape[0]
     k = index.shape[1]
     redo_ok = rows < n
     safe = jnp.where(redo_ok, rows, 0)
     found = search(safe)
-    res = _cells(safe, found, y, psi, density, capacity, split=split, loop=loop)
+    res = _cells(safe, found, y, psi, density, capacity, split=split, loop=loop, **certify)
     target = jnp.where(redo_ok, rows, n)
     mass, first, second, overflow = (
         old.at[target].set(new, mode="drop")
@@ -703,6 +709,28 @@ def _ring_pool_test(grid, field, y, psi):
     """Whether the seeds outside a cell's ring-1 pool are excluded (`neighbours.within_ring_pool`)."""
     return lambda i, vertices, live: neighbours.within_ring_pool(grid, field, grid.coords[i], y[i], psi[i],
                                                                  vertices, live)
+
+
+def _pool_stage(out, rows, y, psi, density, grid, field, bounds, shift, *, k: int, capacity: int, loop: bool = False):
+    """Redo the cells ``rows`` with k candidates from their ring-1 pools (`neighbours.from_grid`),
+    those that bound the cell now first, and all ``capacity`` vertex slots; certified as in the
+    first pass (the pool test, its bounds, then `neighbours.within_ring_pool`); ``shift``: the
+    first pass's gauges (`neighbours.Candidates`).  Most cells that
+    the first pass leaves in 3D are cut by a seed of their pool beyond the first pass's
+    candidates, or overflow its vertex slots (1e4 uniform seeds at zero weights: 571 and 142 of
+    691), and this costs a few first passes per cell where the block stage, which searches the
+    whole grid, costs ~8."""
+    n = y.shape[0]
+    current, facets = out[6], out[3]
+
+    def search(rows):
+        bounding = jnp.where(facets[rows] != 0, current[rows], n)
+        ys, psis, shifts = jax.lax.stop_gradient((y, psi, shift))  # (the search only ranks)
+        return neighbours.from_grid(ys, psis, grid, k, first=bounding, rows=rows, shift=shifts)
+
+    return _redo(out, rows, search, y, psi, density, capacity, split=split_for(y.shape[1], k, loop), loop=loop,
+                 vertex_test=_pool_bounds_test(grid, bounds, y, psi), block_test=_ring_pool_test(grid, field, y, psi),
+                 survivors=SURVIVORS.get(y.shape[1]))
 
 
 def _block_stage(out, rows, y, psi, density, grid, field, *, k: int, capacity: int, loop: bool = False):
@@ -942,15 +970,22 @@ def power_diagram(
         out = _overflow_to_next_stage(out)  # the block stage has all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells (up to `fallback` of them: cells that seeds beyond their
-    # ring-1 pool may cut, long cells of clustered seeds for most): first with 2x more
-    # candidates from the grid cells that may cut the polygon, over the whole grid (`_block_stage`,
-    # twice); then with 4x more exhaustively (O(n) each: ~2^24 / n cells at scale, a fixed budget
-    # of seed pairs per diagram).  Each stage runs only when it can help.
+    # ring-1 pool may cut, long cells of clustered seeds for most): in 3D first with 2x more
+    # candidates from the same pool (`_pool_stage`); then with 2x more from the grid cells that
+    # may cut the polygon, over the whole grid (`_block_stage`, twice); then with 4x more
+    # exhaustively (O(n) each: ~2^24 / n cells at scale, a fixed budget of seed pairs per
+    # diagram).  Each stage runs only when it can help.
     k2 = min(4 * k, n - 1) if n > 1 else k
     short = jnp.array(False)
     if k2 > k:
         if capacities.grid is not None:
             size = capacities.exhaustive_rows(n)
+            if d in POOL_STAGE:  # (the block stage redoes what it leaves, and says when that is hopeless)
+                stage = functools.partial(_pool_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
+                out, _ = _redo_uncertified(stage, out, y, psi, density, grid, field, bounds, cand.shift,
+                                           size=capacities.fallback, hopeless=capacities.fallback + size, cond=cond,
+                                           loop=loops)
+                out = _overflow_to_next_stage(out)
             stage = functools.partial(_block_stage, k=2 * k, capacity=capacities.vertices, loop=loops)
 
             def block_pass(carry, _):

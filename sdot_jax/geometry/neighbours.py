@@ -701,34 +701,39 @@ SLOTS_PER_BATCH = 2**16
 
 
 def from_grid(
-    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, first: Int[Array, "n m"] | None = None,
-    tiers: tuple[int, ...] | None = None,
+    y: Float[Array, "n d"], psi: Float[Array, " n"], grid: Grid, k: int, first: Int[Array, "r m"] | None = None,
+    tiers: tuple[int, ...] | None = None, rows: Int[Array, " r"] | None = None,
+    shift: Float[Array, "n d"] | None = None,
 ) -> Candidates:
-    """The k candidates (ranked as in the module docstring) of every seed within its ring-1 pool,
-    in the gauge of its grid cell (`pool_gauges`); the seeds ``first`` of each row (padded with
-    n; e.g. its neighbours in the diagram of the last Newton step), where they are in the pool,
+    """The k candidates (ranked as in the module docstring) of every seed of ``rows`` (all seeds
+    by default) within its ring-1 pool, in the gauge of its grid cell (`pool_gauges`; ``shift``:
+    those gauges, seed by seed, when known); the seeds ``first`` of each row (padded with n;
+    e.g. its neighbours in the diagram of the last Newton step), where they are in the pool,
     ahead of the others; with ``tiers``, the others in tiers of nearest (`_topk_nearest`)."""
     n, d = y.shape
+    pools, reach = (grid.pool, grid.reach) if rows is None else (grid.pool[rows], grid.reach[rows])
+    rows = jnp.arange(n) if rows is None else rows
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
 
-    def block(ids):
+    def block(at):
+        ids = rows[at]
         pool = grid.pool[ids]
         ok = (pool < n) & (pool != ids[:, None])
         offset = y_pad[pool] - y[ids][:, None]
         weight = psi_pad[pool] - psi[ids][:, None]
-        shift = gauges[_flat(grid.coords[ids], grid.cells)]
+        shift = gauges[ids]
         known = None
         if first is not None:
-            at_slots = pool_slots(grid, ids, first[ids])
+            at_slots = pool_slots(grid, ids, first[at])
             known = jax.vmap(lambda s: jnp.zeros((pool.shape[1],), bool).at[s].set(True, mode="drop"))(at_slots)
         slot = _topk_nearest(offset, weight, shift, ok, k, known, tiers)
         return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
 
-    gauges = pool_gauges(grid, y, psi)
+    gauges = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)] if shift is None else shift
     per_batch = max(8, SLOTS_PER_BATCH * batches.scale() // grid.width)
-    index, slot, shift = _batched(block, jnp.arange(n), per_batch)
-    return Candidates(index, grid.pool, slot, grid.reach.astype(y.dtype), shift)
+    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), per_batch)
+    return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
 
 
 def reused_places(known: Bool[Array, "n k"]) -> Int[Array, "n k"]:
