@@ -137,7 +137,7 @@ def test_a_diagram_computed_under_jit_with_short_capacities_raises_when_used():
     n = 200
     y = jnp.asarray(np.random.default_rng(0).random((n, 2)))
     short = dataclasses.replace(Capacities.default(n, 2), candidates=4, fallback=1)
-    unchecked = power_diagram(y, jnp.zeros(n), Box().with_dim(2), short)
+    unchecked = jax.jit(lambda y: power_diagram(y, jnp.zeros(n), Box().with_dim(2), short))(y)
     assert bool(unchecked.incomplete) and int(jnp.sum(~unchecked.certified)) > n // 2
     with pytest.raises(Exception, match="could not be certified complete"):
         jax.jit(lambda y: power_diagram(y, jnp.zeros(n), Box().with_dim(2), short).complete().mass)(y).block_until_ready()
