@@ -594,9 +594,11 @@ def test_pool_slots_find_seeds_in_their_pools_and_lead_the_ranking():
     count = np.asarray(jnp.sum(prior < N, 1))
     for row in range(0, N, 50):
         assert set(np.asarray(cand.index[row, : count[row]])) == set(np.asarray(prior[row][prior[row] < N]))
-    # Some rows only (the pool stage's), their priors row by row: the same rows of the same lists.
-    some = jax.jit(lambda psi, prior, rows: neighbours.from_grid(jnp.asarray(y), psi, grid, caps.candidates,
-                                                                first=prior[rows], rows=rows))(psi, prior, rows)
+    # Some rows only (the pool stage's: its priors row by row, the gauges the full search gave
+    # seed by seed): the same rows of the same lists.
+    some = jax.jit(lambda psi, prior, rows, shift: neighbours.from_grid(
+        jnp.asarray(y), psi, grid, caps.candidates, first=prior[rows], rows=rows, shift=shift))(psi, prior, rows,
+                                                                                              cand.shift)
     for got, want in zip(jax.tree.leaves(some), jax.tree.leaves(cand)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want[rows]))
     led = jax.jit(lambda psi, prior: power_diagram(jnp.asarray(y), psi, Box().with_dim(2), caps, grid, prior=prior))(
@@ -664,7 +666,7 @@ def cloud_3d():
 
 def test_cells_that_overflow_the_block_stage_get_twice_the_slots_in_the_exhaustive_stage(cloud_3d):
     """3D grid search with 32 vertex slots (the first pass holds 20): cells with more vertices
-    overflow it and the block stage, and are redone exhaustively with 64; the masses are those of
+    overflow it, the pool stage and the block stage, and are redone exhaustively with 64; the masses are those of
     the exhaustive search with 64 slots.  Some cells do need more than 32: a simple polytope with
     F facets has 2F - 4 vertices (Euler: V - E + F = 2, 2E = 3V), and some cell has more than
     18 facets with other seeds alone."""
@@ -690,7 +692,7 @@ def test_the_pool_stage_certifies_the_cells_cut_beyond_the_first_candidates(clou
     first_pass = run(Capacities(64, 48, 0, grid_caps, exhaustive=0).traced_budgets(n))
     assert int(jnp.sum(~first_pass.certified)) > n // 50
     pooled = run(Capacities(64, 48, n, grid_caps, exhaustive=0).traced_budgets(n))
-    assert bool(jnp.all(pooled.certified)) and not bool(jnp.any(pooled.overflow))
+    assert bool(jnp.all(pooled.certified))
     np.testing.assert_allclose(np.asarray(pooled.mass), np.asarray(reference.mass), rtol=1e-11, atol=1e-15)
 
 

@@ -11,7 +11,7 @@ from sdot_jax.geometry import selection
 
 
 #: Lengths about the 32-bit words' edges, and sizes: each pair compiles once (`_jitted`).
-LENGTHS, SIZES = (0, 1, 31, 32, 33, 64, 95, 140), (1, 3, 12, 40)
+LENGTHS, SIZES = (0, 1, 31, 32, 33, 47, 64, 95, 96, 128, 140), (1, 3, 12, 40)
 
 
 @functools.cache

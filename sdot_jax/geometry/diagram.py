@@ -14,9 +14,9 @@ block stage vertex by vertex in each block's own gauge (`neighbours.open_block_p
 the pool: every vertex satisfies
 their bisectors, up to rounding (O(vertices x pool) per cell).
 
-Cells that fail are recomputed with more candidates: in 3D first from the same pool, then with
-the exact test (from the grid cells that may cut them, over the whole grid), then with an
-exhaustive search, and what still fails is reported in ``Diagram.certified`` -- never returned
+Cells that fail are recomputed with more candidates: in 3D first from the same pool, then from
+the grid cells that may cut them (over the whole grid, each bounded vertex by vertex), then with
+an exhaustive search, and what still fails is reported in ``Diagram.certified`` -- never returned
 as if it were right.
 """
 
@@ -48,8 +48,9 @@ class Capacities(eqx.Module):
 
     - `vertices`: vertex slots per cell.
     - `candidates`: candidate neighbours per cell (k).
-    - `fallback`: cells per diagram that may be re-searched (from the grid cells that may cut
-      them, or exhaustively for small n) when not certified.
+    - `fallback`: cells per diagram that each fallback stage may re-search (in 3D from their
+      pool, then from the grid cells that may cut them; exhaustively for small n) when not
+      certified.
     - `grid`: ``(cells per axis, pool width)`` for the grid search (see
       `neighbours.grid_capacity`), or ``None`` for the exhaustive search (small n).
     - `window`: for grid densities (`Image`, `SplineGrid`, `PolynomialGrid`), the grid pieces per
@@ -465,8 +466,8 @@ def first_pass_vertices(d: int, capacity: int, half_spaces: int = 0) -> int:
     every cell of 1e4 uniform seeds at the optimum (at most 40 vertices, 23 on average), and clip
     and integrate ~1.5x faster); in 2D, 3/4 (12 of 16: 1e5 uniform seeds have at most 13 facets
     at zero weights, 26 cells 12 or more, at most 12 at the optimum; Newton's trial diagram there
-    0.82 -> 0.67 s).  A cell that needs more is redone by the block stage with all ``capacity``
-    slots.  All of them when the domain itself (the box clipped by the density's
+    0.82 -> 0.67 s).  A cell that needs more is redone by the fallback stages with all
+    ``capacity`` slots.  All of them when the domain itself (the box clipped by the density's
     ``half_spaces``: up to 4 + p vertices in 2D, 2p + 8 in 3D) may fill half the fewer: a
     14-gon filled every cell's 12 slots before its first bisector."""
     fewer = {2: capacity * 3 // 4, 3: capacity * 5 // 8}.get(d)
@@ -922,7 +923,7 @@ def power_diagram(
     takes the candidate list of a diagram at nearby weights (``prior`` its facets, aligned with
     it) instead of ranking the pools again (`neighbours.reused`; 2D 1e5 uniform seeds: 86 ms
     against 752 ms, a Newton solve 24.0 -> 18.1 s); a neighbour it lacks fails the cell's
-    certificate, and the block stage redoes that cell.  ``last_cells`` (with ``loops``, the grid
+    certificate, and the fallback stages redo that cell.  ``last_cells`` (with ``loops``, the grid
     search, ``previous`` and ``reuse``; from `trial_cells`, then the `Diagram.cells` of the
     diagram that gave ``previous``): the first pass rebuilds each cell from them where they still
     hold (`rebuild`), and the diagram returns its own (near the optimum, weights moved by 1e-3 /
@@ -967,7 +968,7 @@ def power_diagram(
                      cond=cond)
         if last is not None:
             out, cells = out[:-1], out[-1]
-        out = _overflow_to_next_stage(out)  # the block stage has all of the slots
+        out = _overflow_to_next_stage(out)  # the fallback stages have all of the slots
     out = out + (cand.index,)
     # Re-search the uncertified cells (up to `fallback` of them: cells that seeds beyond their
     # ring-1 pool may cut, long cells of clustered seeds for most): in 3D first with 2x more

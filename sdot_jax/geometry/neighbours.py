@@ -330,9 +330,10 @@ def _blocks_excluded(top, slope, largest, block_lo, block_hi, vertices, live, ow
 #: 128 grid cells, all of them there), the same cells certified; uniform 2D 1e5 unchanged.
 VERTEX_TESTED = {1: (8, 16), 2: (32, 48), 3: (24, 64)}
 #: Coarse blocks (C^d grid cells, `_coarse`) that `_open_blocks` opens at most per cell (for the
-#: block stage's pools and the first pass's `within_ring_pool`; measured on the block stage).  3D:
-#: each costs C^3 grid-cell tests at 64 vertices (1e5 uniform Diracs, C = 3: solve 100.9 s with
-#: 32, 93.5 s with 16, 91.0 s with 8; 1e4 near a plane 32.2 s with 32, 30.9 s with 16).
+#: block stage's pools and `within_ring_pool` in the first pass and the pool stage; measured on
+#: the block stage).  3D: each costs C^3 grid-cell tests at 64 vertices (1e5 uniform Diracs, C =
+#: 3: solve 100.9 s with 32, 93.5 s with 16, 91.0 s with 8; 1e4 near a plane 32.2 s with 32,
+#: 30.9 s with 16).
 OPEN_COARSE = {1: 4, 2: 16, 3: 16}
 
 
