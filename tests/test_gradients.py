@@ -161,21 +161,22 @@ def test_gradients_density_parameters(name, make, theta):
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("n", [40, 5000])
-def test_reverse_mode_goes_through_the_fallback_stages(n):
+@pytest.mark.parametrize("n, d", [(40, 2), (5000, 2), (5000, 3)])
+def test_reverse_mode_goes_through_the_fallback_stages(n, d):
     """The fallback stages run whenever n > k + 1 (2D: the exhaustive search's from n = 34, the
-    grid's from n = 4097), and `jax.grad` of anything integrated over the cells must go through
-    them: with Python-int budgets they are scans (Newton's trial diagrams, never differentiated,
-    use a while_loop, which reverse mode refuses: `distance`'s gradient failed at n = 100).
-    Traced only: the gradient's values are checked against finite differences above."""
+    grid's from n = 4097; in 3D the grid's begin with the pool stage), and `jax.grad` of anything
+    integrated over the cells must go through them: with Python-int budgets they are scans
+    (Newton's trial diagrams, never differentiated, use a while_loop, which reverse mode refuses:
+    `distance`'s gradient failed at n = 100).  Traced only: the gradient's values are checked
+    against finite differences above."""
     from sdot_jax.geometry.diagram import Capacities, grid_for, power_diagram
 
-    y = jnp.asarray(np.random.default_rng(n).random((n, 2)))
-    box = Box().with_dim(2)
-    caps = Capacities.default(n, 2, np.asarray(y), box)
+    y = jnp.asarray(np.random.default_rng(n).random((n, d)))
+    box = Box().with_dim(d)
+    caps = Capacities.default(n, d, np.asarray(y), box)
 
     def loss(y):
         return jnp.sum(power_diagram(y, jnp.zeros(n), box, caps, grid_for(y, box, caps)).second_moment)
 
     jaxpr = jax.make_jaxpr(jax.grad(loss))(y)
-    assert jaxpr.out_avals[0].shape == (n, 2)
+    assert jaxpr.out_avals[0].shape == (n, d)
