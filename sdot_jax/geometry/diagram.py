@@ -150,7 +150,7 @@ class Diagram(eqx.Module):
     def neighbours(self) -> Int[Array, "n k"]:
         """The candidates that share a facet of positive mass with the cell, the others as n (the
         ``prior`` of `power_diagram` for a diagram at nearby weights)."""
-        return jnp.where(self.facet_mass > 0, self.candidates, self.mass.shape[0])
+        return facet_neighbours(self.facet_mass, self.candidates, self.mass.shape[0])
 
     @property
     def incomplete(self) -> Bool[Array, ""]:
@@ -167,6 +167,12 @@ class Diagram(eqx.Module):
 INCOMPLETE = ("a power cell overflowed its padded buffers or could not be "
               "certified complete: pass larger `capacities` (see `Capacities.grown`), or solve "
               "outside jax.jit once and reuse its `plan.capacities`.")
+
+
+def facet_neighbours(facets: Float[Array, "r k"], candidates: Int[Array, "r k"], n: int) -> Int[Array, "r k"]:
+    """The ``candidates`` (of some cells of n) whose facet with the cell has positive mass, the
+    others as n."""
+    return jnp.where(facets > 0, candidates, n)
 
 
 def clip_cell(y_i, psi_i, index, y_pad, psi_pad, density, capacity: int):
@@ -488,7 +494,8 @@ SURVIVORS = {3: 64}
 #: Dimensions where the fallback starts with `_pool_stage`.  3D 1e4 uniform Newton solve: the
 #: five diagrams leave 3, 15, 4, 4, 4 cells to the block stage instead of 693, 619, 57, 51, 51;
 #: medians of 6 interleaved in one process 5.49 against 6.09 s (CPU 9.64 against 10.53 s), and
-#: ~8 s more compilation.  (2D leaves few cells to the fallback: not measured there.)
+#: ~8 s more compilation; 3D 1e5 60.5 against 59.8 s (3 each: no gain, reason unknown).  2D 1e5
+#: 6.23 against 6.44 s, 2 s more compilation for every 2D grid diagram: not there.
 POOL_STAGE = {3}
 #: Cells per chunk of `_cells`' ``block_test``, run on the cells that the pool bounds leave.
 BLOCK_TEST_CHUNK = 256
@@ -716,17 +723,16 @@ def _pool_stage(out, rows, y, psi, density, grid, field, bounds, shift, *, k: in
     """Redo the cells ``rows`` with k candidates from their ring-1 pools (`neighbours.from_grid`),
     those that bound the cell now first, and all ``capacity`` vertex slots; certified as in the
     first pass (the pool test, its bounds, then `neighbours.within_ring_pool`); ``shift``: the
-    first pass's gauges (`neighbours.Candidates`).  Most cells that
-    the first pass leaves in 3D are cut by a seed of their pool beyond the first pass's
-    candidates, or overflow its vertex slots (1e4 uniform seeds at zero weights: 571 and 142 of
-    691), and this costs a few first passes per cell where the block stage, which searches the
-    whole grid, costs ~8."""
+    first pass's gauges (`neighbours.Candidates`).  Most cells that the first pass leaves in 3D
+    are cut by a seed of their pool beyond the first pass's candidates, or overflow its vertex
+    slots (1e4 uniform seeds at zero weights: 571 and 142 of 691), and the block stage, which
+    searches the whole grid, costs ~8 first passes per cell (see `POOL_STAGE`)."""
     n = y.shape[0]
     current, facets = out[6], out[3]
 
     def search(rows):
-        bounding = jnp.where(facets[rows] != 0, current[rows], n)
         ys, psis, shifts = jax.lax.stop_gradient((y, psi, shift))  # (the search only ranks)
+        bounding = facet_neighbours(facets[rows], current[rows], n)
         return neighbours.from_grid(ys, psis, grid, k, first=bounding, rows=rows, shift=shifts)
 
     return _redo(out, rows, search, y, psi, density, capacity, split=split_for(y.shape[1], k, loop), loop=loop,

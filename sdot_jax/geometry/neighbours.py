@@ -712,28 +712,30 @@ def from_grid(
     e.g. its neighbours in the diagram of the last Newton step), where they are in the pool,
     ahead of the others; with ``tiers``, the others in tiers of nearest (`_topk_nearest`)."""
     n, d = y.shape
-    pools, reach = (grid.pool, grid.reach) if rows is None else (grid.pool[rows], grid.reach[rows])
-    rows = jnp.arange(n) if rows is None else rows
     y_pad = jnp.concatenate([y, jnp.zeros((1, d), y.dtype)])
     psi_pad = jnp.concatenate([psi, jnp.zeros((1,), psi.dtype)])
+    if shift is None:
+        shift = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)]
+    if rows is None:
+        pools, reach = grid.pool, grid.reach
+    else:
+        pools, reach, shift = grid.pool[rows], grid.reach[rows], shift[rows]
+    ids = jnp.arange(n) if rows is None else rows
 
-    def block(at):
-        ids = rows[at]
-        pool = grid.pool[ids]
-        ok = (pool < n) & (pool != ids[:, None])
-        offset = y_pad[pool] - y[ids][:, None]
-        weight = psi_pad[pool] - psi[ids][:, None]
-        shift = gauges[ids]
+    def block(at):  # (positions in ``rows``)
+        i, pool = ids[at], pools[at]
+        ok = (pool < n) & (pool != i[:, None])
+        offset = y_pad[pool] - y[i][:, None]
+        weight = psi_pad[pool] - psi[i][:, None]
         known = None
         if first is not None:
-            at_slots = pool_slots(grid, ids, first[at])
+            at_slots = pool_slots(grid, i, first[at])
             known = jax.vmap(lambda s: jnp.zeros((pool.shape[1],), bool).at[s].set(True, mode="drop"))(at_slots)
-        slot = _topk_nearest(offset, weight, shift, ok, k, known, tiers)
-        return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot, shift
+        slot = _topk_nearest(offset, weight, shift[at], ok, k, known, tiers)
+        return jnp.take_along_axis(jnp.concatenate([pool, jnp.full_like(pool[:, :1], n)], 1), slot, 1), slot
 
-    gauges = pool_gauges(grid, y, psi)[_flat(grid.coords, grid.cells)] if shift is None else shift
     per_batch = max(8, SLOTS_PER_BATCH * batches.scale() // grid.width)
-    index, slot, shift = _batched(block, jnp.arange(rows.shape[0]), per_batch)
+    index, slot = _batched(block, jnp.arange(ids.shape[0]), per_batch)
     return Candidates(index, pools, slot, reach.astype(y.dtype), shift)
 
 
