@@ -161,7 +161,9 @@ def test_gradients_density_parameters(name, make, theta):
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("n, d", [(40, 2), (5000, 2), (5000, 3)])
+# (3D: 26 s of tracing, slow: the suite must stay under 15 minutes on 2 cores; the 2D grid search
+# goes through the same block and exhaustive stages, the 3D one through the pool stage first.)
+@pytest.mark.parametrize("n, d", [(40, 2), (5000, 2), pytest.param(5000, 3, marks=pytest.mark.slow)])
 def test_reverse_mode_goes_through_the_fallback_stages(n, d):
     """The fallback stages run whenever n > k + 1 (2D: the exhaustive search's from n = 34, the
     grid's from n = 4097; in 3D the grid's begin with the pool stage), and `jax.grad` of anything

@@ -155,6 +155,9 @@ def test_grid_cell_gauges_are_the_least_squares_fit_over_their_blocks(d):
             np.testing.assert_allclose(gauges[used], np.broadcast_to(-slope, (len(used), d)), rtol=1e-5)
 
 
+# (40 s, slow: the suite must stay under 15 minutes on 2 cores.  The same reuse of the last
+# diagram's candidates runs under vmap in `test_newton_trials_under_vmap_give_the_cells_searched_afresh`.)
+@pytest.mark.slow
 def test_candidates_reused_from_other_weights_give_the_same_certified_cells():
     """Newton's trial diagrams reuse the candidate lists of the last accepted one
     (`neighbours.reused`).  From the diagram at zero weights to weights that change the
