@@ -10,8 +10,9 @@
 
 Prints wall and CPU milliseconds (best of 3 after compilation) for the grid build, candidate
 search, clipping (by every candidate, and in two where the first pass splits it), integration,
-pool certificate, far-field and pool bounds, the first pass (all of these and the far test), the
-block stage, the whole diagram and a multigrid-CG solve.
+pool certificate, far-field and pool bounds, the first pass (all of these and the far test, as
+`power_diagram` runs it), the pool stage (3D), the block stage, the whole diagram and a
+multigrid-CG solve.
 """
 
 import functools
@@ -106,11 +107,20 @@ def main():
     bounds = timeit("pool bounds", lambda cand: neighbours.pool_bounds(grid, field, cand.shift), cand)
     first = timeit("first pass", lambda cand: dg._cells(jnp.arange(n), cand, y, psi, density, slots,
                                                        vertex_test=dg._pool_bounds_test(grid, bounds, y, psi),
-                                                       split=split, loop=loops), cand)
+                                                       split=split, loop=loops, survivors=dg.SURVIVORS.get(d),
+                                                       block_test=dg._ring_pool_test(grid, field, y, psi)), cand)
     left = int((~first[4]).sum())
     print("uncertified after the first pass", left)
+    out = dg._overflow_to_next_stage(first + (cand.index,))
+    if left and d in dg.POOL_STAGE:
+        stage = functools.partial(dg._pool_stage, k=2 * k, capacity=caps.vertices, loop=loops)
+        out, _ = timeit(f"pool stage ({left} of {caps.fallback} rows)",
+                        lambda out: dg._redo_uncertified(stage, out, y, psi, density, grid, field, bounds, cand.shift,
+                                                         size=caps.fallback, hopeless=n, cond=jax.lax.cond), out)
+        out = dg._overflow_to_next_stage(out)
+        left = int((~out[4]).sum())
+        print("uncertified after it", left)
     if left:
-        out = first + (cand.index,)
         stage = functools.partial(dg._block_stage, k=2 * k, capacity=caps.vertices, loop=loops)
         for round_ in (1, 2):
             out, _ = timeit(f"block stage, round {round_} ({left} of {caps.fallback} rows)",

@@ -108,3 +108,28 @@ def test_smallest_in_tiers_with_far_outliers():
     for r in range(4):
         order = np.argsort(score[r])
         np.testing.assert_array_equal(got[r], np.concatenate([np.sort(order[:4]), np.sort(order[4:10])]))
+
+
+@functools.cache
+def _where_open_jitted(chunk):
+    from sdot_jax.geometry.diagram import _where_open
+
+    compute = lambda p: (2 * p + 1, p % 3 == 0)  # noqa: E731  (two outputs: any pytree)
+    into = lambda m: (jnp.full(m, -1), jnp.zeros(m, bool))  # noqa: E731
+    return jax.jit(lambda open_: _where_open(open_, compute, chunk=chunk, into=into(open_.shape[0])))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from((5, 40)).flatmap(lambda m: st.lists(st.booleans(), min_size=m, max_size=m)),
+       st.sampled_from((8, 64)))
+@example([False] * 40, 64)
+@example([False] * 40, 8)
+@example([True] * 40, 8)
+def test_where_open_computes_the_open_rows_in_one_chunk_or_many(flags, chunk):
+    """`diagram._where_open` writes ``compute``'s rows where open and keeps ``into`` elsewhere,
+    with the rows in one chunk (a cond) or in several (a loop), none open included."""
+    open_ = np.array(flags, bool)
+    values, marks = _where_open_jitted(chunk)(jnp.asarray(open_))
+    rows = np.arange(open_.size)
+    np.testing.assert_array_equal(values, np.where(open_, 2 * rows + 1, -1))
+    np.testing.assert_array_equal(marks, open_ & (rows % 3 == 0))
