@@ -102,7 +102,9 @@ def uniform_simplex_moments(
     volume = jnp.abs(det(edges)) / _factorial(d)
     total = simplex.sum(0)
     first = volume * total / (d + 1)
-    second = volume / ((d + 1) * (d + 2)) * (simplex.T @ simplex + jnp.outer(total, total))
+    # Products summed elementwise: under vmap a (d+1) x d matrix product is a batched dot of its own.
+    outer = jnp.sum(simplex[:, :, None] * simplex[:, None, :], 0)
+    second = volume / ((d + 1) * (d + 2)) * (outer + total[:, None] * total[None, :])
     return volume, first, second
 
 
@@ -112,7 +114,7 @@ def simplex_measure(facet: Float[Array, "k d"]) -> Float[Array, ""]:
     if k == 1:
         return jnp.ones((), facet.dtype)
     edges = facet[1:] - facet[0]
-    gram = edges @ edges.T
+    gram = jnp.sum(edges[:, None, :] * edges[None, :, :], -1)
     gram_det = det(gram)
     # sqrt has an infinite derivative at 0 (degenerate facets): clamp inside, zero outside.
     safe = jnp.where(gram_det > 0, gram_det, 1.0)
@@ -127,7 +129,7 @@ def det(m: Float[Array, "k k"]) -> Float[Array, ""]:
     if k == 2:
         return m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
     if k == 3:
-        return jnp.dot(m[0], jnp.cross(m[1], m[2]))
+        return jnp.sum(m[0] * jnp.cross(m[1], m[2]))
     return jnp.linalg.det(m)
 
 
