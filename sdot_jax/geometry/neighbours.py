@@ -165,7 +165,7 @@ def _coarse(cells: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
 def _flat(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Int[Array, "..."]:
     """Flat index of grid coordinates on a ``cells[0] x cells[1] x ...`` grid (first axis
     fastest)."""
-    return coords @ jnp.array([math.prod(cells[:k]) for k in range(len(cells))], jnp.int32)
+    return sum(coords[..., k] * math.prod(cells[:k]) for k in range(len(cells)))
 
 
 def _inside(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Bool[Array, "..."]:
@@ -505,7 +505,7 @@ def within_pool_bounds(bounds: PoolBounds, grid: Grid, coords, seed, weight, ver
     beyond = jnp.maximum(own_lo - (v_lo - gauge), v_hi - gauge - own_hi)  # (2, d)
     fits = jnp.all(beyond[:, None] <= jnp.asarray(bounds.widen, dtype)[:, None] * size, -1)  # (2, L)
     moved = vertices[None] - gauge[:, None] - seed  # (2, V, d)
-    power = jnp.max(jnp.where(live[None], jnp.sum(moved**2, -1), -jnp.inf), 1) - weight - 2 * gauge @ seed  # (2,)
+    power = jnp.max(jnp.where(live[None], jnp.sum(moved**2, -1), -jnp.inf), 1) - weight - 2 * jnp.sum(gauge * seed, -1)  # (2,)
     window = _window(grid, coords, bounds.reach, _slack(grid, dtype), dtype)
     gaps = jax.vmap(lambda s, b_lo, b_hi, coarse: _gap_to_block(v_lo - s, v_hi - s, b_lo, b_hi, coarse, *window))(
         gauge, bounds.hard_lo[cell], bounds.hard_hi[cell], bounds.hard_coarse[cell])  # (2, K)

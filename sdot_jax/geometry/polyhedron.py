@@ -209,7 +209,7 @@ def integrate(poly: Polyhedron, density, origin: Float[Array, " 3"], num_facets:
     x, planes, nbrs, valid, _ = poly
     live = valid[:, None]
     weight = valid.astype(x.dtype)
-    centre = (weight @ x) / jnp.maximum(jnp.sum(weight), 1.0)
+    centre = jnp.sum(weight[:, None] * x, 0) / jnp.maximum(jnp.sum(weight), 1.0)  # (a sum, not a batched dot)
     nxt, apex = _fans(poly)
     a = jnp.broadcast_to(x[:, None, :], (x.shape[0], 3, 3))
     tri = jnp.stack([x[apex], a, x[nxt]], axis=2)  # (v, k, 3 points, 3)
