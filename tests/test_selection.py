@@ -1,4 +1,5 @@
-"""Positions picked without a comparison sort (`geometry.selection`), against numpy's sorts."""
+"""Positions picked without a comparison sort (`geometry.selection`), against numpy's sorts; and
+`diagram._where_open`, which packs the open rows into chunks."""
 
 import functools
 
@@ -8,6 +9,7 @@ import numpy as np
 from hypothesis import example, given, settings, strategies as st
 
 from sdot_jax.geometry import selection
+from sdot_jax.geometry.diagram import _where_open
 
 
 #: Lengths about the 32-bit words' edges, and sizes: each pair compiles once (`_jitted`).
@@ -112,8 +114,6 @@ def test_smallest_in_tiers_with_far_outliers():
 
 @functools.cache
 def _where_open_jitted(chunk):
-    from sdot_jax.geometry.diagram import _where_open
-
     compute = lambda p: (2 * p + 1, p % 3 == 0)  # noqa: E731  (two outputs: any pytree)
     into = lambda m: (jnp.full(m, -1), jnp.zeros(m, bool))  # noqa: E731
     return jax.jit(lambda open_: _where_open(open_, compute, chunk=chunk, into=into(open_.shape[0])))

@@ -395,7 +395,7 @@ def _where_open(open_, compute, *, chunk: int, into=None):
     optimum of 1e5 uniform seeds in 2D, 17% of the cells for the pool test, with the former
     bounding ball's bound too).  (A loop, not a ``cond`` per chunk: its operands, the polygons
     and pools of every cell, were copied for each chunk, and the pass took longer than testing
-    every cell.)"""
+    every cell.  Rows that fit in one chunk take a single ``cond``: see below.)"""
     m = open_.shape[0]
     chunks = -(-m // chunk)
     picked = jnp.nonzero(open_, size=chunks * chunk, fill_value=m)[0].reshape(chunks, chunk)

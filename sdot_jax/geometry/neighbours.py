@@ -164,7 +164,7 @@ def _coarse(cells: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
 
 def _flat(coords: Int[Array, "... d"], cells: tuple[int, ...]) -> Int[Array, "..."]:
     """Flat index of grid coordinates on a ``cells[0] x cells[1] x ...`` grid (first axis
-    fastest)."""
+    fastest).  Summed axis by axis: an integer matrix product per cell is a dot of its own."""
     return sum(coords[..., k] * math.prod(cells[:k]) for k in range(len(cells)))
 
 
@@ -655,7 +655,7 @@ def pool_slots(grid: Grid, rows: Int[Array, " b"], index: Int[Array, "b m"]) -> 
     member = jnp.minimum(index, n - 1)
     step = grid.coords[member] - coords[:, None, :]  # (b, m, d)
     near = (index < n) & jnp.all(jnp.abs(step) <= ring, -1)
-    block = (step + ring) @ jnp.array([side ** (d - 1 - a) for a in range(d)], jnp.int32)
+    block = sum((step[..., a] + ring) * side ** (d - 1 - a) for a in range(d))  # (not a batched dot: see `_flat`)
     block = jnp.clip(block, 0, side**d - 1)
     within = grid.position[member] - grid.start[_flat(grid.coords[member], g)]
     slot = jnp.take_along_axis(begin, block, 1) + within

@@ -103,8 +103,8 @@ def uniform_simplex_moments(
     total = simplex.sum(0)
     first = volume * total / (d + 1)
     # Products summed elementwise: under vmap a (d+1) x d matrix product is a batched dot of its own.
-    outer = jnp.sum(simplex[:, :, None] * simplex[:, None, :], 0)
-    second = volume / ((d + 1) * (d + 2)) * (outer + total[:, None] * total[None, :])
+    products = jnp.sum(simplex[:, :, None] * simplex[:, None, :], 0)  # sum_k v_k v_k^T
+    second = volume / ((d + 1) * (d + 2)) * (products + jnp.outer(total, total))
     return volume, first, second
 
 
